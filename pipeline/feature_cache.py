@@ -39,11 +39,10 @@ import numpy as np
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import InputError
+from pipeline.versions import EXTRACTION_VERSION
 
 # Bump when the layout or the meaning of a cached array changes: old caches then fail to load.
 SCHEMA_VERSION = 1
-# Bump when extraction code changes what it writes (invalidates caches through rule params too).
-EXTRACTION_VERSION = 1
 
 # Attributes common to both kinds of file; JSON-valued ones are stored as canonical JSON strings.
 ATTRIBUTE_KEYS = (
@@ -54,10 +53,10 @@ ATTRIBUTE_KEYS = (
     "dataset",
     "model",  # open_clip architecture
     "pretrained",  # tag or checkpoint path, "" for random init
-    "templates",  # JSON list of prompt templates
     "config",  # JSON: the config slice the file depends on
 )
-FEWSHOT_KEYS = ("shot", "seed", "n_views")
+# Only few-shot files hold text features, so only they record the templates.
+FEWSHOT_KEYS = ("shot", "seed", "n_views", "templates")
 
 _STR = h5py.string_dtype(encoding="utf-8")
 
@@ -243,7 +242,8 @@ def load_features(
 
     Args:
         expect: attribute values both files must carry (e.g. backbone, dataset, model, pretrained,
-            templates); ``shot`` and ``seed`` in it are checked against the few-shot file only.
+            templates); ``shot``, ``seed``, ``n_views`` and ``templates`` are checked against the
+            few-shot file only.
 
     Raises:
         InputError: a missing or unreadable file, a missing split, or an attribute mismatch; the
@@ -255,7 +255,7 @@ def load_features(
     check_attrs(fewshot_path, attrs, _base_expectation("fewshot", expect))
     test_x, test_y, test_attrs = load_test(test_path, shared)
     # The two files must come from the same encoder, whatever the caller asked for.
-    for key in ("backbone", "dataset", "model", "pretrained", "templates"):
+    for key in ("backbone", "dataset", "model", "pretrained"):
         if attrs.get(key) != test_attrs.get(key):
             raise InputError(
                 f"{test_path}: attribute '{key}' ({test_attrs.get(key)!r}) differs from "

@@ -1,0 +1,136 @@
+"""Registry of datasets by name: folder layout, split file, prompt templates and class-name rewrites."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from pipeline.errors import InputError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Where a dataset lives under the data root and how its classes are prompted (SPEC 1).
+
+    Attributes:
+        name: registry name (lowercase), e.g. ``"eurosat"``.
+        folder: the dataset's folder under the data root.
+        image_dir: folder, relative to ``folder``, that split-file image paths are relative to
+            (``""`` means ``folder`` itself).
+        split_file: CoOp split JSON inside ``folder``.
+        templates: prompt templates, each with one ``{}`` for the class name.
+        classname_map: rewrites applied after underscores become spaces (read-only mapping).
+        source: for demo datasets, the key ``pipeline.data.demo`` builds it from; ``None`` for
+            datasets that must be downloaded.
+    """
+
+    name: str
+    folder: str
+    image_dir: str
+    split_file: str
+    templates: tuple[str, ...]
+    classname_map: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    source: str | None = None
+
+
+# CoOp's rewrite of EuroSAT's folder names into phrases CLIP reads well.
+EUROSAT_CLASSNAMES = {
+    "AnnualCrop": "Annual Crop Land",
+    "Forest": "Forest",
+    "HerbaceousVegetation": "Herbaceous Vegetation Land",
+    "Highway": "Highway or Road",
+    "Industrial": "Industrial Buildings",
+    "Pasture": "Pasture Land",
+    "PermanentCrop": "Permanent Crop Land",
+    "Residential": "Residential Buildings",
+    "River": "River",
+    "SeaLake": "Sea or Lake",
+}
+
+# ImageNet (classnames.txt + image folders) and FGVCAircraft (txt splits) need their own readers.
+_DATASETS = (
+    DatasetInfo(
+        "caltech101",
+        "caltech-101",
+        "101_ObjectCategories",
+        "split_zhou_Caltech101.json",
+        ("a photo of a {}.",),
+    ),
+    DatasetInfo(
+        "oxford_pets",
+        "oxford_pets",
+        "images",
+        "split_zhou_OxfordPets.json",
+        ("a photo of a {}, a type of pet.",),
+    ),
+    DatasetInfo("stanford_cars", "stanford_cars", "", "split_zhou_StanfordCars.json", ("a photo of a {}.",)),
+    DatasetInfo(
+        "flowers102",
+        "oxford_flowers",
+        "jpg",
+        "split_zhou_OxfordFlowers.json",
+        ("a photo of a {}, a type of flower.",),
+    ),
+    DatasetInfo(
+        "food101", "food-101", "images", "split_zhou_Food101.json", ("a photo of {}, a type of food.",)
+    ),
+    DatasetInfo("sun397", "sun397", "SUN397", "split_zhou_SUN397.json", ("a photo of a {}.",)),
+    DatasetInfo("dtd", "dtd", "images", "split_zhou_DescribableTextures.json", ("{} texture.",)),
+    DatasetInfo(
+        "eurosat",
+        "eurosat",
+        "2750",
+        "split_zhou_EuroSAT.json",
+        ("a centered satellite photo of {}.",),
+        classname_map=MappingProxyType(EUROSAT_CLASSNAMES),
+    ),
+    DatasetInfo(
+        "ucf101",
+        "ucf101",
+        "UCF-101-midframes",
+        "split_zhou_UCF101.json",
+        ("a photo of a person doing {}.",),
+    ),
+    # Demo datasets: real images shipped with installed packages, built by pipeline.build_demo.
+    DatasetInfo(
+        "demo_digits",
+        "demo_digits",
+        "images",
+        "split_zhou_DemoDigits.json",
+        ("a photo of the digit {}.",),
+        source="sklearn-digits",
+    ),
+    DatasetInfo(
+        "demo_fashion",
+        "demo_fashion",
+        "images",
+        "split_zhou_DemoFashion.json",
+        ("a photo of a {}, a type of clothing.",),
+        source="fashion-mnist-t10k",
+    ),
+)
+
+DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({info.name: info for info in _DATASETS})
+
+
+def list_datasets() -> list[str]:
+    """Registry names of every dataset, sorted."""
+    return sorted(DATASETS)
+
+
+def list_demo_datasets() -> list[str]:
+    """Registry names of the datasets ``pipeline.build_demo`` can build locally, sorted."""
+    return sorted(name for name, info in DATASETS.items() if info.source is not None)
+
+
+def get_dataset_info(name: str) -> DatasetInfo:
+    """Look up a dataset by registry name.
+
+    Raises:
+        InputError: unknown name (the message lists the valid names).
+    """
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise InputError(f"unknown dataset {name!r} (valid: {', '.join(list_datasets())})") from None

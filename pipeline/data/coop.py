@@ -1,0 +1,204 @@
+"""Reader for CoOp's dataset layout: ``<data_root>/<folder>/<split_file>`` listing train, val and test."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.data.catalog import DatasetInfo, get_dataset_info
+from pipeline.errors import InputError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One labelled image: ``path`` is relative to the dataset's image root."""
+
+    path: str
+    label: int
+    classname: str
+
+
+@dataclass(frozen=True)
+class DatasetSplits:
+    """A dataset's three splits; ``classnames[label]`` is the (rewritten) name of class ``label``.
+
+    ``val`` is empty for a dataset without a validation split. ``split_path`` is the file the
+    splits were read from (for error messages).
+    """
+
+    name: str
+    image_root: Path
+    classnames: list[str]
+    train: list[Item]
+    val: list[Item]
+    test: list[Item]
+    split_path: Path | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+
+def normalize_classname(raw: str, classname_map: Mapping[str, str]) -> str:
+    """CoOp's class-name clean-up: underscores become spaces, then the dataset's rewrite applies."""
+    name = raw.replace("_", " ")
+    return classname_map.get(name, name)
+
+
+def _parse_entry(entry: Any, where: str) -> tuple[str, int, str]:
+    """Check one ``[relative_path, label, classname]`` entry."""
+    ok = (
+        isinstance(entry, list)
+        and len(entry) == 3
+        and isinstance(entry[0], str)
+        and entry[0] != ""
+        and isinstance(entry[1], int)
+        and not isinstance(entry[1], bool)
+        and isinstance(entry[2], str)
+    )
+    if not ok:
+        raise InputError(f"{where}: expected [relative_path, label, classname], got {json.dumps(entry)[:80]}")
+    if entry[0].startswith("/"):
+        raise InputError(f"{where}: image path {entry[0]!r} must be relative")
+    return entry[0], entry[1], entry[2]
+
+
+def parse_splits(data: Any, info: DatasetInfo, split_path: Path, image_root: Path) -> DatasetSplits:
+    """Validate the decoded JSON of a CoOp split file and build the splits.
+
+    The class list comes from train (label -> name); labels must be exactly ``0..C-1``; every val
+    and test entry must name a train class with the same name.
+
+    Raises:
+        InputError: wrong shape, non-contiguous train labels, an unknown class or a name that
+            disagrees with its label; the message names ``split_path``.
+    """
+    if not isinstance(data, dict):
+        raise InputError(f"split file {split_path}: expected a JSON object with keys {', '.join(SPLITS)}")
+    for key in ("train", "test"):
+        if key not in data:
+            raise InputError(f"split file {split_path}: missing key '{key}'")
+    raw: dict[str, list[tuple[str, int, str]]] = {}
+    for key in SPLITS:
+        entries = data.get(key, [])
+        if not isinstance(entries, list):
+            raise InputError(f"split file {split_path}: '{key}' must be a list")
+        raw[key] = [_parse_entry(e, f"split file {split_path}, {key}[{i}]") for i, e in enumerate(entries)]
+    if not raw["train"]:
+        raise InputError(f"split file {split_path}: the train split is empty")
+
+    # Classes come from train: the first name seen for each label must be the only one.
+    names: dict[int, str] = {}
+    for i, (_, label, classname) in enumerate(raw["train"]):
+        name = normalize_classname(classname, info.classname_map)
+        if names.setdefault(label, name) != name:
+            raise InputError(
+                f"split file {split_path}, train[{i}]: label {label} names an unknown class {classname!r} "
+                f"(label {label} is {names[label]!r} elsewhere in train)"
+            )
+    num_classes = len(names)
+    if sorted(names) != list(range(num_classes)):
+        # C distinct labels that are not 0..C-1: at least one lies outside that range.
+        bad = min(label for label in names if not 0 <= label < num_classes)
+        raise InputError(
+            f"split file {split_path}: train label {bad} is outside 0..{num_classes - 1} "
+            f"(train has {num_classes} classes; labels must be contiguous)"
+        )
+    classnames = [names[c] for c in range(num_classes)]
+
+    items: dict[str, list[Item]] = {}
+    for key in SPLITS:
+        out = []
+        for i, (path, label, classname) in enumerate(raw[key]):
+            name = normalize_classname(classname, info.classname_map)
+            if not 0 <= label < num_classes:
+                kind = "a class not in train" if key != "train" else "an unknown class"
+                raise InputError(
+                    f"split file {split_path}, {key}[{i}]: label {label} names {kind} "
+                    f"(train has labels 0..{num_classes - 1})"
+                )
+            if name != classnames[label]:
+                raise InputError(
+                    f"split file {split_path}, {key}[{i}]: {classname!r} names an unknown class "
+                    f"(label {label} is {classnames[label]!r} in train)"
+                )
+            out.append(Item(path, label, name))
+        items[key] = out
+    return DatasetSplits(
+        name=info.name,
+        image_root=image_root,
+        classnames=classnames,
+        train=items["train"],
+        val=items["val"],
+        test=items["test"],
+        split_path=split_path,
+    )
+
+
+def load_dataset(name: str, data_root: Path) -> DatasetSplits:
+    """Read a registered dataset's CoOp split file from ``data_root``.
+
+    Only the split file is read; images are checked by ``check_images`` on the items a caller
+    will actually decode.
+
+    Raises:
+        InputError: unknown dataset; missing data root, dataset folder or split file; invalid JSON
+            or an invalid entry (see ``parse_splits``).
+    """
+    info = get_dataset_info(name)
+    data_root = Path(data_root)
+    if not data_root.is_dir():
+        raise InputError(f"data root {data_root} does not exist")
+    folder = data_root / info.folder
+    if not folder.is_dir():
+        hint = (
+            f" (build it with: python -m pipeline.build_demo --dataset {name} --data-root {data_root})"
+            if info.source is not None
+            else ""
+        )
+        raise InputError(f"dataset folder {folder} does not exist{hint}")
+    split_path = folder / info.split_file
+    if not split_path.is_file():
+        raise InputError(f"split file {split_path} does not exist")
+    try:
+        data = json.loads(split_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"split file {split_path}: invalid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"split file {split_path}: not UTF-8 text") from None
+    image_root = folder / info.image_dir if info.image_dir else folder
+    splits = parse_splits(data, info, split_path, image_root)
+    log.info(
+        "%s: %d classes, %d train / %d val / %d test images",
+        name,
+        splits.num_classes,
+        len(splits.train),
+        len(splits.val),
+        len(splits.test),
+    )
+    return splits
+
+
+def resolve_image(splits: DatasetSplits, item: Item) -> Path:
+    """Absolute location of ``item``'s image file."""
+    return splits.image_root / item.path
+
+
+def check_images(splits: DatasetSplits, items: Iterable[Item]) -> None:
+    """Stat each of ``items``' image files (pass only the items that will be read).
+
+    Raises:
+        InputError: "split file X names a missing image Y" for the first missing file.
+    """
+    for item in items:
+        path = resolve_image(splits, item)
+        if not path.is_file():
+            raise InputError(f"split file {splits.split_path} names a missing image {path}")

@@ -1,0 +1,186 @@
+"""Few-shot sampling (CoOp protocol, SPEC 1) and the small JSON file that records one sampled subset."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.atomic import write_json
+from pipeline.data.coop import DatasetSplits, Item
+from pipeline.errors import InputError
+from pipeline.versions import SAMPLING_VERSION  # bump it when the sampling below changes its draws
+
+log = logging.getLogger(__name__)
+
+# Few-shot validation images per class: min(shot, MAX_VAL_SHOTS) (CoOp / lpclip protocol).
+MAX_VAL_SHOTS = 4
+
+
+@dataclass(frozen=True)
+class FewShotSplit:
+    """One sampled few-shot subset: ``train`` and ``val`` items, grouped by class in label order."""
+
+    train: list[Item]
+    val: list[Item]
+
+
+def val_shots(shot: int) -> int:
+    """Validation images per class for ``shot`` training images per class: min(shot, 4)."""
+    return min(shot, MAX_VAL_SHOTS)
+
+
+def _by_class(items: list[Item], num_classes: int) -> list[list[Item]]:
+    """Group ``items`` by label, keeping split-file order within each class."""
+    groups: list[list[Item]] = [[] for _ in range(num_classes)]
+    for item in items:
+        groups[item.label].append(item)
+    return groups
+
+
+def _draw(rng: np.random.Generator, pool: list[Item], k: int) -> list[Item]:
+    """``k`` distinct items of ``pool`` (all of them if it has at most ``k``), in pool order."""
+    if len(pool) <= k:
+        return list(pool)
+    chosen = np.sort(rng.choice(len(pool), size=k, replace=False))
+    return [pool[i] for i in chosen]
+
+
+def sample_fewshot(splits: DatasetSplits, shot: int, seed: int) -> FewShotSplit:
+    """Sample ``shot`` train and ``min(shot, 4)`` val images per class, without repetition.
+
+    All train classes are drawn first (in label order, items in split-file order), then all val
+    classes, from one ``numpy.random.default_rng(seed)`` stream, so the result depends only on
+    (split file, shot, seed). A class with fewer images than asked keeps all it has. Without a val
+    split, val is drawn from the train images of the class not already chosen for train.
+
+    Raises:
+        InputError: ``shot`` < 1 or ``seed`` < 0.
+    """
+    if isinstance(shot, bool) or not isinstance(shot, int) or shot < 1:
+        raise InputError(f"shot must be a positive integer, got {shot!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    rng = np.random.default_rng(seed)
+    num_classes = len(splits.classnames)
+    train_groups = _by_class(splits.train, num_classes)
+    train = [_draw(rng, group, shot) for group in train_groups]
+
+    if splits.val:
+        val_pools = _by_class(splits.val, num_classes)
+    else:
+        val_pools = []
+        for group, taken in zip(train_groups, train, strict=True):
+            used = set(taken)
+            val_pools.append([item for item in group if item not in used])
+    val = [_draw(rng, pool, val_shots(shot)) for pool in val_pools]
+
+    short = [splits.classnames[c] for c, items in enumerate(train) if len(items) < shot]
+    if short:
+        log.warning(
+            "%s: %d classes have fewer than %d train images (kept all)", splits.name, len(short), shot
+        )
+    fewshot = FewShotSplit(train=[i for g in train for i in g], val=[i for g in val for i in g])
+    log.info(
+        "%s shot %d seed %d: %d train, %d val images",
+        splits.name,
+        shot,
+        seed,
+        len(fewshot.train),
+        len(fewshot.val),
+    )
+    return fewshot
+
+
+def write_split_file(path: Path, dataset: str, shot: int, seed: int, fewshot: FewShotSplit) -> None:
+    """Record a sampled subset as JSON (atomically); entries are ``[path, label, classname]``."""
+    write_json(
+        path,
+        {
+            "dataset": dataset,
+            "shot": shot,
+            "seed": seed,
+            "sampling_version": SAMPLING_VERSION,
+            "train": [[i.path, i.label, i.classname] for i in fewshot.train],
+            "val": [[i.path, i.label, i.classname] for i in fewshot.val],
+        },
+    )
+
+
+def _read_entries(
+    data: dict[str, Any], key: str, path: Path, splits: DatasetSplits, known: set
+) -> list[Item]:
+    entries = data.get(key)
+    if not isinstance(entries, list):
+        raise InputError(f"few-shot split file {path}: '{key}' must be a list")
+    items = []
+    for i, entry in enumerate(entries):
+        where = f"few-shot split file {path}, {key}[{i}]"
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], int)
+            and not isinstance(entry[1], bool)
+            and isinstance(entry[2], str)
+        ):
+            raise InputError(f"{where}: expected [path, label, classname], got {json.dumps(entry)[:80]}")
+        rel, label, classname = entry
+        if not 0 <= label < len(splits.classnames) or splits.classnames[label] != classname:
+            raise InputError(
+                f"{where}: {classname!r} (label {label}) names an unknown class of {splits.name}"
+            )
+        item = Item(rel, label, classname)
+        if item not in known:
+            raise InputError(f"{where}: image {rel!r} is not in the train or val split of {splits.name}")
+        items.append(item)
+    return items
+
+
+def read_split_file(
+    path: Path, splits: DatasetSplits, *, shot: int | None = None, seed: int | None = None
+) -> FewShotSplit:
+    """Read a few-shot split file and check it against the dataset it was sampled from.
+
+    Args:
+        path: file written by ``write_split_file``.
+        splits: the dataset (from ``load_dataset``) the file must belong to.
+        shot, seed: when given, the file's header must match them.
+
+    Raises:
+        InputError: missing or invalid file, another dataset, shot, seed or sampling version, an
+            unknown class, an entry not in the dataset's train/val splits, or a repeated entry;
+            the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"few-shot split file {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(
+            f"few-shot split file {path}: invalid JSON ({err.msg} at line {err.lineno})"
+        ) from None
+    if not isinstance(data, dict):
+        raise InputError(f"few-shot split file {path}: expected a JSON object")
+    expected = {"dataset": splits.name, "sampling_version": SAMPLING_VERSION, "shot": shot, "seed": seed}
+    for key, want in expected.items():
+        if key not in data:
+            raise InputError(f"few-shot split file {path}: missing key '{key}'")
+        if want is not None and data[key] != want:
+            raise InputError(f"few-shot split file {path}: {key} is {data[key]!r}, expected {want!r}")
+    known = set(splits.train) | set(splits.val)
+    fewshot = FewShotSplit(
+        train=_read_entries(data, "train", path, splits, known),
+        val=_read_entries(data, "val", path, splits, known),
+    )
+    seen: set[Item] = set()
+    for item in fewshot.train + fewshot.val:
+        if item in seen:
+            raise InputError(f"few-shot split file {path}: image {item.path!r} is listed twice")
+        seen.add(item)
+    return fewshot

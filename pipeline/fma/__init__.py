@@ -1,0 +1,1 @@
+"""Flow Matching Alignment (SPEC 2): probability path, velocity net, trainer and early-stopping solver."""

@@ -1,0 +1,90 @@
+import torch
+
+from pipeline.fma.solver import (
+    accuracy_per_step,
+    classify,
+    distance_per_step,
+    euler_trajectory,
+    evaluate_steps,
+    select_m,
+)
+
+
+def test_euler_constant_velocity_is_exact():
+    x0 = torch.randn(5, 3)
+    a = torch.tensor([2.0, -1.0, 0.5])
+    traj = euler_trajectory(lambda x, t: a.expand_as(x), x0, step_size=0.25, max_steps=6)
+    assert traj.shape == (7, 5, 3)
+    for m in range(7):
+        assert torch.allclose(traj[m], x0 + a * 0.25 * m, atol=1e-6)
+
+
+def test_euler_linear_decay_and_time_passed():
+    x0 = torch.randn(4, 2)
+    seen = []
+
+    def u(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(t.clone())
+        return -x
+
+    traj = euler_trajectory(u, x0, step_size=0.1, max_steps=10)
+    for m in range(11):
+        assert torch.allclose(traj[m], x0 * 0.9**m, atol=1e-6)
+    assert len(seen) == 10
+    assert torch.allclose(torch.stack([s[0] for s in seen]), torch.arange(10) * 0.1)
+
+
+def test_euler_batches_agree_and_no_renormalisation():
+    x0 = torch.nn.functional.normalize(torch.randn(9, 3), dim=-1)
+    full = euler_trajectory(lambda x, t: x, x0, 0.5, 3)
+    chunked = euler_trajectory(lambda x, t: x, x0, 0.5, 3, batch_size=4)
+    assert torch.allclose(full, chunked)
+    assert torch.allclose(full[3].norm(dim=-1), torch.full((9,), 1.5**3))
+
+
+def test_classify_uses_cosine():
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    x = torch.tensor([[10.0, 1.0], [0.1, 0.2], [-1.0, -0.5]])
+    assert classify(x, text).tolist() == [0, 1, 1]
+
+
+def test_accuracy_and_distance_per_step():
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    x0 = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    y = torch.tensor([0, 0, 1, 0])
+    # velocity towards the correct class text (z - x0, constant)
+    u = text[y] - x0
+    traj = euler_trajectory(lambda x, t: u, x0, 0.25, 4)
+    acc = accuracy_per_step(traj, y, text)
+    assert acc[0] == 25.0 and acc[-1] == 100.0
+    dist = distance_per_step(traj, y, text)
+    expected = [(1 - 0.25 * m) * (3 * 2**0.5 + 0) / 4 for m in range(5)]
+    assert all(abs(a - b) < 1e-6 for a, b in zip(dist, expected, strict=True))
+    # the streamed evaluation gives the same numbers
+    acc2, dist2 = evaluate_steps(lambda x, t: text[y[: len(x)]] - x0[: len(x)], x0, y, text, 0.25, 4)
+    assert acc2 == acc
+    assert all(abs(a - b) < 1e-6 for a, b in zip(dist2, dist, strict=True))
+
+
+def test_evaluate_steps_in_batches_matches_full():
+    g = torch.Generator().manual_seed(0)
+    x0, text = torch.randn(50, 6, generator=g), torch.randn(5, 6, generator=g)
+    y = torch.randint(0, 5, (50,), generator=g)
+    w = torch.randn(6, 6, generator=g)
+
+    def u(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x @ w * (1 + t[:, None])
+
+    traj = euler_trajectory(u, x0, 0.1, 5)
+    acc, dist = evaluate_steps(u, x0, y, text, 0.1, 5, batch_size=7)
+    assert acc == accuracy_per_step(traj, y, text)
+    assert all(abs(a - b) < 1e-5 for a, b in zip(dist, distance_per_step(traj, y, text), strict=True))
+
+
+def test_select_m_ties_to_smaller_and_uses_val_only():
+    assert select_m([50.0, 60.0, 60.0, 55.0]) == 1
+    assert select_m([70.0, 70.0]) == 0
+    assert select_m([10.0, 20.0, 30.0]) == 2
+    val = [40.0, 45.0, 45.0, 44.0]
+    test = [40.0, 41.0, 42.0, 50.0]  # best on test is M=3, but M is chosen on val
+    assert select_m(val) == 1 != select_m(test)

@@ -1,0 +1,101 @@
+"""Stage 2: fit the linear probe for one (backbone, dataset, shot, seed) and write its result JSON."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import asdict
+
+from threadpoolctl import threadpool_limits
+
+from pipeline.atomic import write_json
+from pipeline.cli import guarded, parse_json_arg, setup_logging
+from pipeline.config import ProbeConfig, from_dict
+from pipeline.errors import InputError
+from pipeline.feature_cache import load_features
+from pipeline.probe import evaluate, fit_probe
+
+log = logging.getLogger("pipeline.linear_probe")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline.linear_probe", description=__doc__)
+    p.add_argument("--fewshot", required=True, help="few-shot feature cache (HDF5)")
+    p.add_argument("--test", required=True, help="test feature cache (HDF5)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--shot", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--expect", default="{}", help="JSON: further cache attributes to check")
+    p.add_argument("--config", default="{}", help="JSON: the probe config slice (ProbeConfig)")
+    p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads")
+    p.add_argument("--out", required=True, help="result JSON")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = from_dict(ProbeConfig, parse_json_arg(args.config, "--config"), prefix="probe.")
+    expect = parse_json_arg(args.expect, "--expect")
+    if not isinstance(expect, dict):
+        raise InputError("argument --expect: expected a JSON object")
+    if args.threads < 1:
+        raise InputError(f"argument --threads: must be >= 1, got {args.threads}")
+    feats = load_features(
+        args.fewshot,
+        args.test,
+        expect={
+            "dataset": args.dataset,
+            "shot": args.shot,
+            "seed": args.seed,
+            "backbone": args.backbone,
+            **expect,
+        },
+    )
+    log.info(
+        "%s %s shot=%d seed=%d: %d train, %d val, %d test, %d classes",
+        args.backbone,
+        args.dataset,
+        args.shot,
+        args.seed,
+        len(feats.train_y),
+        len(feats.val_y),
+        len(feats.test_y),
+        feats.n_classes,
+    )
+    with threadpool_limits(limits=args.threads):
+        start = time.perf_counter()
+        result = fit_probe(feats.train_x, feats.train_y, feats.val_x, feats.val_y, cfg)
+        train_seconds = time.perf_counter() - start
+        test_acc = evaluate(result.classifier, feats.test_x, feats.test_y)
+    log.info("C=%.4g val %.2f%% test %.2f%% (%.1f s)", result.C, result.val_acc, test_acc, train_seconds)
+    write_json(
+        args.out,
+        {
+            "method": "linear_probe",
+            "backbone": args.backbone,
+            "dataset": args.dataset,
+            "shot": args.shot,
+            "seed": args.seed,
+            "C": result.C,
+            "val_acc": result.val_acc,
+            "test_acc": test_acc,
+            "train_seconds": train_seconds,
+            "n_train": len(feats.train_y),
+            "n_val": len(feats.val_y),
+            "n_test": len(feats.test_y),
+            "converged": result.converged,
+            "search": [list(h) for h in result.history],
+            "config": asdict(cfg),
+        },
+    )
+    log.info("wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

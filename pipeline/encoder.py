@@ -1,0 +1,166 @@
+"""Load any open_clip model by name (pretrained tag, local checkpoint, or seeded random init) and encode."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torchvision import transforms
+
+from pipeline.config import EncoderConfig
+from pipeline.device import autocast
+from pipeline.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+# Random init is seeded so that separate extraction jobs (test once per dataset, few-shot per seed)
+# build the very same untrained encoder.
+RANDOM_INIT_SEED = 0
+
+
+@functools.cache
+def register_model_configs() -> None:
+    """Add this package's small architectures (``pipeline/model_configs/*.json``) to open_clip's registry."""
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def list_architectures() -> list[str]:
+    """Every open_clip architecture name this installation can build."""
+    register_model_configs()
+    return open_clip.list_models()
+
+
+@dataclass
+class Encoder:
+    """A frozen open_clip model with its eval transform and tokenizer."""
+
+    model: torch.nn.Module
+    preprocess: Any  # eval transform: resize, center crop, to RGB tensor, normalise
+    tokenizer: Any
+    device: torch.device
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def _image_size(model: torch.nn.Module) -> int:
+    size = getattr(model.visual, "image_size", 224)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def is_checkpoint_path(pretrained: str) -> bool:
+    """A local file rather than an open_clip tag: it has a folder part or a checkpoint suffix."""
+    return len(Path(pretrained).parts) > 1 or Path(pretrained).suffix in CHECKPOINT_SUFFIXES
+
+
+def load_encoder(cfg: EncoderConfig, device: torch.device) -> Encoder:
+    """Build ``cfg.model`` with weights from ``cfg.pretrained`` (tag or file), or seeded random init.
+
+    Raises:
+        InputError: unknown architecture, missing checkpoint file, or weights that fail to load.
+    """
+    register_model_configs()
+    if cfg.model not in open_clip.list_models():
+        raise InputError(
+            f"config key 'encoder.model': unknown open_clip architecture '{cfg.model}' "
+            "(see open_clip.list_models() or pipeline/model_configs)"
+        )
+    pretrained = cfg.pretrained or None
+    if pretrained is not None and is_checkpoint_path(pretrained):
+        if not Path(pretrained).is_file():
+            raise InputError(f"config key 'encoder.pretrained': checkpoint file {pretrained} does not exist")
+    if pretrained is None:
+        log.warning(
+            "NO PRETRAINED WEIGHTS: encoder '%s' is randomly initialised (seed %d). Zero-shot accuracy "
+            "will be at chance. Set encoder.pretrained to an open_clip tag or a checkpoint path.",
+            cfg.model,
+            RANDOM_INIT_SEED,
+        )
+        torch.manual_seed(RANDOM_INIT_SEED)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            cfg.model, pretrained=pretrained, device=device
+        )
+    except Exception as err:  # any failure to build or load weights is a problem with the input
+        if isinstance(err, InputError):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(
+            f"config key 'encoder.pretrained': could not load '{pretrained}' for '{cfg.model}': {first}"
+        ) from None
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    mean = tuple(getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
+    std = tuple(getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
+    return Encoder(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=open_clip.get_tokenizer(cfg.model),
+        device=device,
+        image_size=_image_size(model),
+        mean=mean,
+        std=std,
+    )
+
+
+def _to_rgb(img: Any) -> Any:
+    return img.convert("RGB")
+
+
+def build_train_transform(encoder: Encoder, crop_scale: Sequence[float], hflip: bool) -> transforms.Compose:
+    """SPEC 1 train augmentation: random resized crop (bicubic), optional flip, model normalisation."""
+    steps: list[Any] = [
+        transforms.Lambda(_to_rgb),
+        transforms.RandomResizedCrop(
+            encoder.image_size,
+            scale=tuple(crop_scale),
+            interpolation=transforms.InterpolationMode.BICUBIC,
+        ),
+    ]
+    if hflip:
+        steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize(encoder.mean, encoder.std)]
+    return transforms.Compose(steps)
+
+
+@torch.no_grad()
+def encode_images(encoder: Encoder, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) preprocessed images -> (B, D) L2-normalised float32 features on the CPU."""
+    with autocast(encoder.device):
+        feats = encoder.model.encode_image(images.to(encoder.device, non_blocking=True))
+    return F.normalize(feats.float(), dim=-1).cpu()
+
+
+@torch.no_grad()
+def encode_texts(encoder: Encoder, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Class text features (C, D): per template, encode and normalise; average; normalise again.
+
+    With one template this is the plain CLIP zero-shot classifier; with several it is the prompt
+    ensemble (mean of normalised text embeddings).
+    """
+    if not templates:
+        raise InputError("config key 'templates': at least one prompt template is needed")
+    per_template = []
+    for template in templates:
+        if "{}" not in template:
+            raise InputError(
+                f"config key 'templates': template {template!r} has no '{{}}' for the class name"
+            )
+        tokens = encoder.tokenizer([template.format(c) for c in classnames]).to(encoder.device)
+        with autocast(encoder.device):
+            feats = encoder.model.encode_text(tokens)
+        per_template.append(F.normalize(feats.float(), dim=-1))  # (C, D)
+    text = torch.stack(per_template).mean(dim=0)  # (C, D)
+    return F.normalize(text, dim=-1).cpu()

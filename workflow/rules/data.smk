@@ -1,0 +1,37 @@
+# Datasets: demo datasets built from images shipped in installed packages, and few-shot sampling.
+
+
+rule build_demo_dataset:
+    """A demo dataset in the CoOp layout (images + split_zhou_<Name>.json), from packaged images."""
+    output:
+        f"{DATA_ROOT}/{{folder}}/split_zhou_{{name}}.json",
+    log:
+        f"{RESULTS}/logs/build_demo_dataset/{{folder}}_{{name}}.log",
+    wildcard_constraints:
+        folder="|".join(DEMO_FOLDERS) or "no-demo-dataset",
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        dataset=lambda w: DEMO_FOLDERS[w.folder],
+        data_root=lambda w, output: Path(output[0]).parent.parent,
+        version=DEMO_DATA_VERSION,
+    shell:
+        "python -m pipeline.build_demo --dataset {params.dataset} --data-root {params.data_root} > {log} 2>&1"
+
+
+rule sample_fewshot:
+    """k images per class from train, then min(k, 4) from val, for one seed (SPEC 1)."""
+    input:
+        split=lambda w: split_file(w.dataset),
+    output:
+        f"{RESULTS}/splits/{{dataset}}/{{shot}}shot_seed{{seed}}.json",
+    log:
+        f"{RESULTS}/logs/sample_fewshot/{{dataset}}/{{shot}}shot_seed{{seed}}.log",
+    conda:
+        "../../envs/pipeline.yaml"
+    params:
+        data_root=DATA_ROOT,
+        version=SAMPLING_VERSION,
+    shell:
+        "python -m pipeline.sample_shots --dataset {wildcards.dataset} --data-root {params.data_root}"
+        " --shot {wildcards.shot} --seed {wildcards.seed} --out {output} > {log} 2>&1"

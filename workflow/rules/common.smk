@@ -199,6 +199,9 @@ def probe_results(backbone):
     )
 
 
+TABLE_DIRS = ", ".join(f"{RESULTS}/tables/{backbone}/" for backbone in BACKBONES)
+
+
 def table_outputs():
     return expand(
         f"{RESULTS}/tables/{{backbone}}/{{name}}",

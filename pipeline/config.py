@@ -136,10 +136,23 @@ class FMAConfig:
     warmup_epochs: int = 1
     step_size: float = 0.1  # h of the Euler solver
     max_steps: int = 10  # M is chosen in {0, ..., max_steps} on the validation split
+    # Cached views the trainer draws x0 from: None = all K cached augmented views (plus the center);
+    # 0 = the center view only; k = the center and the first k augmented views (k <= K of the cache).
+    train_views: int | None = None
+    # The official FMA code's way: every epoch encodes a fresh random augmentation of every training
+    # image instead of drawing cached views (needs the images and the encoder at training time).
+    online: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("fma.coupling", self.coupling, ("class", "random"))
         _check_choice("fma.noise", self.noise, ("none", "paper", "interpolant"))
+        if self.train_views is not None and self.train_views < 0:
+            raise InputError(f"config key 'fma.train_views': must be >= 0 or null, got {self.train_views}")
+        if self.online and self.train_views is not None:
+            raise InputError(
+                "config key 'fma.train_views': has no effect with fma.online (online training encodes "
+                "fresh views instead of drawing cached ones); leave it null"
+            )
         if not 0.0 < self.min_one_minus_t < 1.0:
             raise InputError(
                 f"config key 'fma.min_one_minus_t': must be in (0, 1), got {self.min_one_minus_t}"

@@ -74,6 +74,7 @@ class Features:
     text: np.ndarray  # (C, D) float32
     classnames: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
+    train_paths: list[str] = field(default_factory=list)  # (N,) relative to the dataset's image folder
 
     @property
     def dim(self) -> int:
@@ -213,6 +214,15 @@ def _read_split(f: h5py.File, name: str, path: Path) -> tuple[np.ndarray, np.nda
     return x, y
 
 
+def _read_paths(f: h5py.File, name: str, path: Path) -> list[str]:
+    """A split's image paths (relative to the dataset's image folder) as ``str``."""
+    try:
+        raw = f[f"{name}/paths"][()]
+    except KeyError:
+        raise InputError(f"{path}: feature cache has no '{name}/paths'") from None
+    return [p.decode() if isinstance(p, bytes) else str(p) for p in raw]
+
+
 def _base_expectation(kind: str, expect: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "kind": kind,
@@ -269,6 +279,11 @@ def load_features(
             classnames = [c.decode() if isinstance(c, bytes) else str(c) for c in f["classnames"][()]]
         except KeyError:
             raise InputError(f"{fewshot_path}: feature cache has no text features or class names") from None
+        train_paths = _read_paths(f, "train", fewshot_path)
+    if len(train_paths) != len(train_y):
+        raise InputError(
+            f"{fewshot_path}: corrupt 'train' split ({len(train_paths)} paths, {len(train_y)} labels)"
+        )
     if train_x.ndim != 3 or text.shape != (len(classnames), train_x.shape[2]):
         raise InputError(f"{fewshot_path}: corrupt cache (train features {train_x.shape}, text {text.shape})")
     if test_x.shape[1] != text.shape[1]:
@@ -276,4 +291,4 @@ def load_features(
     for name, y in (("train", train_y), ("val", val_y), ("test", test_y)):
         if len(y) and (y.min() < 0 or y.max() >= len(classnames)):
             raise InputError(f"{fewshot_path}: {name} labels outside 0..{len(classnames) - 1}")
-    return Features(train_x, train_y, val_x, val_y, test_x, test_y, text, classnames, attrs)
+    return Features(train_x, train_y, val_x, val_y, test_x, test_y, text, classnames, attrs, train_paths)

@@ -6,17 +6,18 @@ import argparse
 import dataclasses
 import logging
 import time
+from pathlib import Path
 
 import torch
 
 from pipeline.atomic import write_json
 from pipeline.cli import guarded, parse_json_arg, setup_logging
-from pipeline.config import FMAConfig, from_dict
+from pipeline.config import EncoderConfig, ExtractionConfig, FMAConfig, from_dict
 from pipeline.device import resolve_device, set_threads
 from pipeline.errors import InputError
-from pipeline.feature_cache import load_features
+from pipeline.feature_cache import Features, load_features
 from pipeline.fma.solver import evaluate_steps, select_m
-from pipeline.fma.trainer import train_velocity
+from pipeline.fma.trainer import CachedViews, ViewSource, train_velocity
 from pipeline.fma.velocity import save_velocity
 
 log = logging.getLogger("pipeline.train_fma")
@@ -34,6 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--expect", default="{}", help="JSON dict of further cache attributes to check (model, ...)"
     )
     parser.add_argument("--config", default="{}", help="JSON of the fma config slice (FMAConfig)")
+    parser.add_argument(
+        "--variant", default=None, help="ablation variant name, recorded as 'variant' in the metrics"
+    )
+    online = parser.add_argument_group("online views (fma.online = true)")
+    online.add_argument("--data-root", type=Path, default=None, help="folder holding the dataset's images")
+    online.add_argument(
+        "--online-config",
+        default=None,
+        help='JSON {"encoder": {...}, "extraction": {...}}: the slice the extraction rule gets',
+    )
+    online.add_argument("--online-batch-size", type=int, default=256, help="images per encoder batch")
+    online.add_argument("--workers", type=int, default=0, help="DataLoader workers for image decoding")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     parser.add_argument("--metrics", required=True, help="output metrics JSON")
@@ -47,6 +60,56 @@ def _json_dict(text: str, name: str) -> dict:
     if not isinstance(value, dict):
         raise InputError(f"argument {name}: expected a JSON object, got {type(value).__name__}")
     return value
+
+
+def build_online_views(args: argparse.Namespace, features: Features, device: torch.device) -> ViewSource:
+    """``OnlineViews`` over the cache's training images, encoded by the cache's own encoder on ``device``.
+
+    Raises:
+        InputError: a missing ``--data-root``/``--online-config``, an online encoder other than the
+            cache's, a backbone whose image encoder is not frozen, or a missing image.
+    """
+    # Imported here: only online training needs open_clip, images and the backbones.
+    from pipeline.backbones import get_backbone
+    from pipeline.data.coop import Item, check_images, load_dataset, resolve_image
+    from pipeline.encoder import build_train_transform, load_encoder
+    from pipeline.fma.online import OnlineViews
+
+    if args.data_root is None or args.online_config is None:
+        raise InputError("config key 'fma.online' is true: pass --data-root and --online-config")
+    online_cfg = _json_dict(args.online_config, "--online-config")
+    if "encoder" not in online_cfg:
+        raise InputError("argument --online-config: expected a JSON object with an 'encoder' key")
+    unknown = sorted(set(online_cfg) - {"encoder", "extraction"})
+    if unknown:
+        raise InputError(f"argument --online-config: unknown key '{unknown[0]}' (valid: encoder, extraction)")
+    encoder_cfg = from_dict(EncoderConfig, online_cfg["encoder"], "encoder.")
+    extraction = from_dict(ExtractionConfig, online_cfg.get("extraction"), "extraction.")
+    for key, want in (("model", encoder_cfg.model), ("pretrained", encoder_cfg.pretrained or "")):
+        if features.attrs.get(key) != want:
+            raise InputError(
+                f"{args.fewshot}: cache attribute '{key}' is {features.attrs.get(key)!r} but "
+                f"--online-config encoder.{key} is {want!r}: online views must come from the cache's encoder"
+            )
+    backbone_cls = get_backbone(args.backbone)
+    if not backbone_cls.frozen_image_encoder:
+        raise InputError(f"config key 'fma.online': backbone '{args.backbone}' has a trained image encoder")
+    splits = load_dataset(args.dataset, args.data_root)
+    items = [
+        Item(path, int(y), features.classnames[int(y)])
+        for path, y in zip(features.train_paths, features.train_y, strict=True)
+    ]
+    check_images(splits, items)
+    backbone = backbone_cls(load_encoder(encoder_cfg, device))
+    transform = build_train_transform(backbone.encoder, extraction.crop_scale, extraction.hflip)
+    return OnlineViews(
+        [resolve_image(splits, item) for item in items],
+        backbone,
+        transform,
+        seed=args.seed,
+        batch_size=args.online_batch_size,
+        workers=args.workers,
+    )
 
 
 @guarded
@@ -77,9 +140,23 @@ def main(argv: list[str] | None = None) -> int:
             path = args.test if name == "test" else args.fewshot
             raise InputError(f"{path}: the '{name}' split is empty")
 
-    start = time.perf_counter()
-    net, history = train_velocity(features, cfg, seed=args.seed, device=device)
+    if cfg.online:
+        views = build_online_views(args, features, device)
+        train_views = None
+    else:
+        cached = features.train_x.shape[1] - 1
+        if cfg.train_views is not None and cfg.train_views > cached:
+            raise InputError(
+                f"config key 'fma.train_views': {cfg.train_views} views asked for, but {args.fewshot} "
+                f"holds {cached} augmented views per image"
+            )
+        views = CachedViews(features.train_x, cfg.train_views, device)
+        train_views = views.n_views - 1
+    start = time.perf_counter()  # includes online encoding: the ablation compares wall times
+    net, history = train_velocity(features, cfg, seed=args.seed, device=device, views=views)
     train_seconds = time.perf_counter() - start
+    if cfg.online:
+        log.info("online views: %.1fs of %.1fs training spent encoding", views.encode_seconds, train_seconds)
 
     text = torch.as_tensor(features.text).to(device)
     curves = {}
@@ -120,9 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         "n_val": len(features.val_y),
         "n_test": len(features.test_y),
         "n_views": int(features.attrs.get("n_views", features.train_x.shape[1] - 1)),
+        "train_views": train_views,  # augmented cached views drawn from; null when online
+        "online": cfg.online,
+        "online_encode_seconds": views.encode_seconds,
         "config": dataclasses.asdict(cfg),
         "device": str(device),
     }
+    if args.variant is not None:
+        metrics["variant"] = args.variant
     # Checkpoint first: the metrics file is the rule's completion marker.
     save_velocity(args.checkpoint, net, cfg, m)
     write_json(args.metrics, metrics)

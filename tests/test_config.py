@@ -13,6 +13,8 @@ def test_from_dict_fills_defaults_and_coerces_ints_to_floats() -> None:
     assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.blocks == 12 and cfg.epochs == 200
     assert from_dict(ExtractionConfig, {"crop_scale": [0.5, 1]}).crop_scale == (0.5, 1.0)
     assert from_dict(EncoderConfig, {"model": "x", "pretrained": None}).pretrained is None
+    assert (cfg.train_views, cfg.online) == (None, False)  # the defaults keep earlier behaviour
+    assert from_dict(FMAConfig, {"train_views": 0}).train_views == 0
 
 
 @pytest.mark.parametrize(
@@ -24,6 +26,10 @@ def test_from_dict_fills_defaults_and_coerces_ints_to_floats() -> None:
         ({"learning_rate": 1.0}, "fma.learning_rate"),
         ({"noise": "gaussian"}, "fma.noise"),
         ({"coupling": "any"}, "fma.coupling"),
+        ({"train_views": -1}, "fma.train_views"),
+        ({"train_views": 1.5}, "fma.train_views"),
+        ({"online": True, "train_views": 2}, "fma.train_views"),
+        ({"online": "yes"}, "fma.online"),
     ],
 )
 def test_bad_values_name_the_key(data: dict, needle: str) -> None:

@@ -10,13 +10,20 @@ import pytest
 
 from pipeline.errors import InputError
 from pipeline.report import (
+    ABLATION_COLUMNS,
+    build_ablation,
     build_curves,
     build_long,
+    check_labels,
+    format_ablation_latex,
+    format_ablation_markdown,
     format_latex,
     format_markdown,
     latex_escape,
+    load_ablation_runs,
     load_runs,
     summarize,
+    write_ablation_report,
     write_report,
 )
 
@@ -200,3 +207,125 @@ def test_broken_or_wrong_json_names_the_file(tmp_path):
     # The same run twice.
     with pytest.raises(InputError, match="duplicates"):
         build_long(load_runs(fma_paths, [*probe_paths, probe_paths[0]]))
+
+
+# ---------------------------------------------------------------------------------------------- ablations
+
+VARIANTS = ("default", "no-noise", "online")
+ABLATION_LABELS = {"default": "FMA (default)", "online": "online views"}  # "no-noise" keeps its name
+
+
+def write_ablation_runs(tmp_path, datasets=DATASETS, shot: int = 4) -> tuple[list, dict]:
+    """Per dataset x seed x variant an FMA JSON with a "variant" key; return paths and records."""
+    rng = np.random.default_rng(1)
+    paths, records = [], {}
+    for dataset in datasets:
+        for seed in SEEDS:
+            for i, variant in enumerate(VARIANTS):
+                rec = fma_record(dataset, shot, seed, rng, selected_m=1 + i + (seed == 3))
+                rec["variant"] = variant
+                rec["train_seconds"] = 10.0 * (i + 1) + seed
+                records[(dataset, seed, variant)] = rec
+                path = tmp_path / "ablations" / dataset / f"seed{seed}" / f"{variant}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(rec))
+                paths.append(path)
+    return paths, records
+
+
+def test_ablation_rows_and_values(tmp_path):
+    paths, records = write_ablation_runs(tmp_path)
+    table = build_ablation(load_ablation_runs(paths), ABLATION_LABELS)
+    assert set(table.columns) == set(ABLATION_COLUMNS)
+    for dataset in DATASETS:
+        sub = table[table["dataset"] == dataset]
+        assert sub["row"].tolist() == [
+            "zero-shot (M = 0)",
+            "FMA (default)",
+            "online views",
+            "no-noise",
+            "default, full trajectory (M = max_steps)",
+            "default, oracle M picked on test (diagnostic)",
+        ]
+        assert sub["diagnostic"].tolist() == [False] * 5 + [True]
+        rows = {r["row"]: r for r in sub.to_dict("records")}
+        default = [records[(dataset, s, "default")] for s in SEEDS]
+        online = [records[(dataset, s, "online")] for s in SEEDS]
+        expected = {
+            "zero-shot (M = 0)": [r["test_acc"][0] for r in default],
+            "FMA (default)": [r["test_acc_at_m"] for r in default],
+            "online views": [r["test_acc_at_m"] for r in online],
+            "default, full trajectory (M = max_steps)": [r["test_acc"][-1] for r in default],
+            "default, oracle M picked on test (diagnostic)": [r["oracle_test_acc"] for r in default],
+        }
+        for label, values in expected.items():
+            assert abs(rows[label]["mean"] - np.mean(values)) < 1e-9, label
+            assert abs(rows[label]["std"] - np.std(values, ddof=1)) < 1e-9, label
+        assert abs(rows["online views"]["train_seconds"] - 32.0) < 1e-9  # 30 + mean seed 2
+        assert abs(rows["online views"]["m_mean"] - (3 + 3 + 4) / 3) < 1e-9
+        assert (
+            np.isnan(rows["zero-shot (M = 0)"]["train_seconds"]) and rows["zero-shot (M = 0)"]["m_mean"] == 0
+        )
+        assert rows["default, full trajectory (M = max_steps)"]["m_mean"] == 5
+        oracle_m = np.mean([r["oracle_m"] for r in default])
+        assert abs(rows["default, oracle M picked on test (diagnostic)"]["m_mean"] - oracle_m) < 1e-9
+
+
+def test_ablation_markdown_and_latex(tmp_path):
+    paths, records = write_ablation_runs(tmp_path)
+    table = build_ablation(load_ablation_runs(paths), ABLATION_LABELS)
+    md = format_ablation_markdown(table)
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| Variant"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    assert cols[:4] == ["Variant", "caltech101 acc", "caltech101 train s", "caltech101 M"]
+    assert len(cols) == 1 + 3 * len(DATASETS)
+    oracle = next(line for line in lines if "oracle" in line and line.startswith("|"))
+    assert oracle.startswith("| *default, oracle M picked on test (diagnostic)* |")
+    assert lines.index(oracle) == len(lines) - 1  # the last row
+    assert "DIAGNOSTIC" in md and "validation" in md
+    online = next(line for line in lines if line.startswith("| online views |"))
+    row = table[(table["dataset"] == "caltech101") & (table["row"] == "online views")].iloc[0]
+    assert online.split("|")[2].strip() == f"{row['mean']:.1f} ± {row['std']:.1f}"
+    assert online.split("|")[3].strip() == "32.0" and online.split("|")[4].strip() == "3.3"
+    zero = next(line for line in lines if line.startswith("| zero-shot (M = 0) |"))
+    assert zero.split("|")[3].strip() == "–" and zero.split("|")[4].strip() == "0"
+    tex = format_ablation_latex(table)
+    assert r"\textit{default, oracle M picked on test (diagnostic)}" in tex
+    assert r"\multicolumn{3}{c}{caltech101}" in tex and "±" not in tex
+
+
+def test_ablation_several_shots_missing_default_and_errors(tmp_path, caplog):
+    paths, _ = write_ablation_runs(tmp_path, datasets=("dtd",), shot=1)
+    paths4, _ = write_ablation_runs(tmp_path / "four", datasets=("dtd",), shot=4)
+    no_default = [p for p in paths4 if p.name != "default.json"]
+    table = build_ablation(load_ablation_runs([*paths, *no_default]))
+    four = table[table["shot"] == 4]
+    assert four["row"].tolist() == ["no-noise", "online"]  # no derived rows without a default run
+    assert len(table[table["shot"] == 1]) == 6 and "no 'default' variant" in caplog.text
+    md = format_ablation_markdown(table)
+    assert "dtd 1-shot acc" in md and "dtd 4-shot acc" in md
+    # Runs without a variant, or the same run twice, name the file.
+    fewshot_run = tmp_path / "plain.json"
+    plain = json.loads(paths[0].read_text())
+    del plain["variant"]
+    fewshot_run.write_text(json.dumps(plain))
+    with pytest.raises(InputError, match="plain.json.*variant"):
+        load_ablation_runs([fewshot_run])
+    with pytest.raises(InputError, match="duplicates"):
+        build_ablation(load_ablation_runs([*paths, paths[0]]))
+    with pytest.raises(InputError, match="labels"):
+        check_labels({"default": 3})
+
+
+def test_write_ablation_report(tmp_path):
+    paths, _ = write_ablation_runs(tmp_path)
+    out = write_ablation_report(load_ablation_runs(paths), tmp_path / "out", ABLATION_LABELS)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "ablations.csv",
+        "ablations.md",
+        "ablations.tex",
+    ]
+    csv = pd.read_csv(out["csv"])
+    assert len(csv) == 6 * len(DATASETS) and csv["diagnostic"].sum() == len(DATASETS)
+    assert "| online views |" in out["markdown"].read_text()

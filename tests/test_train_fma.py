@@ -1,9 +1,14 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
-from pipeline.feature_cache import write_fewshot_cache, write_test_cache
+from pipeline.data.coop import load_dataset
+from pipeline.data.demo import build_demo_dataset
+from pipeline.data.fewshot import sample_fewshot, write_split_file
+from pipeline.extract import main as extract_main
+from pipeline.feature_cache import read_attrs, write_fewshot_cache, write_test_cache
 from pipeline.fma.velocity import VelocityNet, load_velocity
 from pipeline.train_fma import main
 
@@ -19,7 +24,7 @@ KEYS = {
     "method", "backbone", "dataset", "shot", "seed", "steps", "val_acc", "test_acc", "test_dist",
     "val_dist", "selected_m", "val_acc_at_m", "test_acc_at_m", "zero_shot_test_acc", "oracle_m",
     "oracle_test_acc", "train_seconds", "final_loss", "loss_history", "n_train", "n_val", "n_test",
-    "n_views", "config", "device",
+    "n_views", "config", "device", "train_views", "online", "online_encode_seconds",
 }  # fmt: skip
 
 
@@ -87,6 +92,8 @@ def test_main_writes_metrics_and_checkpoint(tmp_path):
     assert all(0.0 <= a <= 100.0 for a in metrics["test_acc"])
     assert (metrics["n_train"], metrics["n_val"], metrics["n_test"], metrics["n_views"]) == (6, 3, 12, 1)
     assert metrics["config"]["epochs"] == 3 and metrics["config"]["noise"] == "paper"
+    assert metrics["train_views"] == 1 and metrics["online"] is False
+    assert metrics["online_encode_seconds"] == 0.0
 
     state = torch.load(out / "fma.pt", weights_only=True)
     assert state["dim"] == 8 and state["blocks"] == 1 and state["selected_m"] == m
@@ -111,3 +118,104 @@ def test_main_bad_config_key_exits_2(tmp_path, capsys):
     argv[argv.index("--config") + 1] = '{"epoch": 3}'
     assert main(argv) == 2
     assert "fma.epoch" in capsys.readouterr().err
+
+
+def _set_config(argv: list[str], **changes) -> list[str]:
+    argv = list(argv)
+    i = argv.index("--config") + 1
+    argv[i] = json.dumps({**json.loads(argv[i]), **changes})
+    return argv
+
+
+def test_train_views_and_variant_are_recorded(tmp_path):
+    fewshot, test = _write_caches(tmp_path)
+    out = tmp_path / "out"
+    argv = _set_config(_argv(fewshot, test, out), train_views=0) + ["--variant", "center-only"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["train_views"] == 0 and metrics["variant"] == "center-only"
+    assert metrics["config"]["train_views"] == 0
+
+
+def test_train_views_beyond_the_cache_exits_2(tmp_path, capsys):
+    fewshot, test = _write_caches(tmp_path)  # one augmented view per image
+    out = tmp_path / "out"
+    assert main(_set_config(_argv(fewshot, test, out), train_views=2)) == 2
+    err = capsys.readouterr().err
+    assert "fma.train_views" in err and "fewshot.h5" in err
+    assert not (out / "metrics.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------- online
+
+ONLINE_ENCODER = {"model": "demo-vit-t-28", "pretrained": None}
+
+
+@pytest.fixture(scope="module")
+def online_caches(tmp_path_factory):
+    """A real few-shot cache of demo_digits (2 shots, 1 view) by the extraction stage; a synthetic test
+    file with the same attributes (encoding the 540 test images would only cost time)."""
+    root = tmp_path_factory.mktemp("online")
+    build_demo_dataset("demo_digits", root / "demo_digits")
+    splits = load_dataset("demo_digits", root)
+    write_split_file(root / "split.json", "demo_digits", 2, 1, sample_fewshot(splits, 2, 1))
+    config = {
+        "encoder": ONLINE_ENCODER,
+        "extraction": {"views": 1},
+        "templates": ["a photo of the digit {}."],
+    }
+    fewshot = root / "fewshot.h5"
+    code = extract_main(
+        [
+            "--kind", "fewshot", "--backbone", "zeroshot", "--dataset", "demo_digits",
+            "--data-root", str(root), "--split-file", str(root / "split.json"), "--shot", "2",
+            "--seed", "1", "--config", json.dumps(config), "--device", "cpu", "--out", str(fewshot),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    attrs = read_attrs(fewshot)
+    rng = np.random.default_rng(0)
+    test_y = np.repeat(np.arange(10), 2)
+    write_test_cache(
+        root / "test.h5",
+        features=_unit(rng.normal(size=(len(test_y), 128))),
+        labels=test_y,
+        paths=[f"te{i}.png" for i in range(len(test_y))],
+        attrs={k: attrs[k] for k in ("backbone", "dataset", "model", "pretrained", "config")},
+    )
+    return root, fewshot, root / "test.h5", config
+
+
+def _online_argv(online_caches, out, encoder=ONLINE_ENCODER) -> list[str]:
+    root, fewshot, test, config = online_caches
+    online = {"encoder": encoder, "extraction": config["extraction"]}
+    return [
+        "--fewshot", str(fewshot), "--test", str(test),
+        "--dataset", "demo_digits", "--shot", "2", "--seed", "1", "--backbone", "zeroshot",
+        "--config", json.dumps({"epochs": 2, "blocks": 1, "batch_size": 8, "max_steps": 2, "online": True}),
+        "--data-root", str(root), "--online-config", json.dumps(online), "--online-batch-size", "7",
+        "--device", "cpu", "--metrics", str(out / "metrics.json"), "--checkpoint", str(out / "fma.pt"),
+    ]  # fmt: skip
+
+
+def test_online_training_records_encoding_time(online_caches, tmp_path):
+    out = tmp_path / "out"
+    assert main(_online_argv(online_caches, out)) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["online"] is True and metrics["train_views"] is None
+    assert 0 < metrics["online_encode_seconds"] <= metrics["train_seconds"]
+    assert len(metrics["loss_history"]) == 2 and np.isfinite(metrics["loss_history"]).all()
+    assert metrics["n_train"] == 20 and metrics["config"]["online"] is True
+
+
+def test_online_needs_the_cache_encoder_and_the_images(online_caches, tmp_path, capsys):
+    out = tmp_path / "out"
+    other = {"model": "demo-vit-t-28", "pretrained": "openai"}
+    assert main(_online_argv(online_caches, out, encoder=other)) == 2
+    err = capsys.readouterr().err
+    assert "pretrained" in err and "fewshot.h5" in err
+    argv = _online_argv(online_caches, out)
+    i = argv.index("--data-root")
+    assert main(argv[:i] + argv[i + 2 :]) == 2
+    assert "--data-root" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()

@@ -29,6 +29,15 @@ TINY = {
     "extraction": {"views": 1},
     "fma": {"epochs": 4, "blocks": 2, "max_steps": 4},
     "probe": {"search_steps": 1, "c_grid": [1.0, 0.01]},
+    "ablations": {
+        "datasets": ["demo_digits"],
+        "shots": [1],
+        "variants": {
+            "default": {"label": "FMA"},
+            "center_view": {"label": "center view only", "fma": {"train_views": 0}},
+            "online": {"label": "online views", "fma": {"online": True}},
+        },
+    },
     "runtime": {"device": "cpu", "batch_size": 64, "workers": 0},
 }
 
@@ -129,6 +138,20 @@ def test_encoder_change_reruns_extraction(finished_run: Path) -> None:
     snakemake(finished_run, "-n", config=TINY)
 
 
+def test_ablations_target_reuses_caches_and_writes_table(finished_run: Path) -> None:
+    jobs = planned_jobs(snakemake(finished_run, "-n", "ablations", config=TINY))
+    assert jobs == {"train_fma_variant": 3, "make_ablation_table": 1, "ablations": 1}
+    result = snakemake(finished_run, "ablations", config=TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    md = (finished_run / "results/tables/zeroshot/ablations.md").read_text()
+    for label in ("FMA", "center view only", "online views", "oracle"):
+        assert label in md
+    online = json.loads(
+        (finished_run / "results/ablations/zeroshot/demo_digits/1shot_seed1/online.json").read_text()
+    )
+    assert online["online"] and online["online_encode_seconds"] > 0
+
+
 @pytest.mark.parametrize(
     ("edit", "needle"),
     [
@@ -137,7 +160,8 @@ def test_encoder_change_reruns_extraction(finished_run: Path) -> None:
         (lambda c: c.update(shots=["four"]), "shots.0"),
         (lambda c: c.update(datasets=["no_such_set"]), "no_such_set"),
         (lambda c: c["runtime"].update(device="tpu"), "runtime.device"),
-        (lambda c: c.update(datasets=["dtd"], data_root="/no/such/root"), "/no/such/root"),
+        (lambda c: c["ablations"]["variants"]["online"]["fma"].update(blocks="six"), "blocks"),
+        (lambda c: c.update(datasets=["dtd"], data_root="/no/such/root", ablations={}), "/no/such/root"),
     ],
 )
 def test_bad_config_fails_naming_the_key(tmp_path: Path, edit, needle: str) -> None:

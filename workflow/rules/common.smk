@@ -1,4 +1,5 @@
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -62,6 +63,9 @@ def validate_config(config, schema_path):
         for name in names:
             if name not in known:
                 _config_error(f"key 'groups.{group}': unknown dataset '{name}'")
+    for name in config.get("ablations", {}).get("datasets", []):
+        if name not in config["datasets"]:
+            _config_error(f"key 'ablations.datasets': '{name}' is not in 'datasets'")
     for name in config.get("templates", {}):
         if name not in known:
             _config_error(f"key 'templates.{name}': unknown dataset")
@@ -107,6 +111,7 @@ wildcard_constraints:
     backbone="|".join(BACKBONES),
     shot=r"\d+",
     seed=r"\d+",
+    variant=r"[A-Za-z0-9_]+",
 
 
 # ---------------------------------------------------------------- config slices (rule params)
@@ -196,6 +201,55 @@ def probe_results(backbone):
         dataset=DATASETS,
         shot=SHOTS,
         seed=SEEDS,
+    )
+
+
+# ---------------------------------------------------------------- ablations
+
+ABLATIONS = config.get("ablations", {})
+ABLATION_VARIANTS = ABLATIONS.get("variants", {})
+ABLATION_LABELS = {name: v.get("label", name) for name, v in ABLATION_VARIANTS.items()}
+ABLATION_TABLES = ", ".join(
+    f"{RESULTS}/tables/{backbone}/ablations.md" for backbone in BACKBONES
+)
+
+
+def canonical_ordered(obj):
+    """JSON that keeps the mapping's order (the ablation labels set the table's row order)."""
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def variant_fma_slice(variant):
+    return {**config["fma"], **ABLATION_VARIANTS[variant].get("fma", {})}
+
+
+def variant_is_online(variant):
+    return bool(variant_fma_slice(variant).get("online"))
+
+
+def online_args(variant):
+    """Extra train_fma arguments for online views: the images and the extraction rule's encoder slice."""
+    if not variant_is_online(variant):
+        return ""
+    slice_ = {"encoder": config["encoder"], "extraction": config["extraction"]}
+    return f"--data-root {shlex.quote(DATA_ROOT)} --online-config {shlex.quote(canonical(slice_))}"
+
+
+def ablation_runs(backbone):
+    return expand(
+        f"{RESULTS}/ablations/{backbone}/{{dataset}}/{{shot}}shot_seed{{seed}}/{{variant}}.json",
+        dataset=ABLATIONS.get("datasets", []),
+        shot=ABLATIONS.get("shots", []),
+        seed=SEEDS,
+        variant=list(ABLATION_VARIANTS),
+    )
+
+
+def ablation_table_outputs():
+    return expand(
+        f"{RESULTS}/tables/{{backbone}}/ablations.{{ext}}",
+        backbone=BACKBONES,
+        ext=["md", "csv", "tex"],
     )
 
 

@@ -10,3 +10,4 @@ EXTRACTION_VERSION = 1  # pipeline.extract: what the HDF5 caches hold
 FMA_VERSION = 1  # pipeline.fma: training, solver and metrics
 PROBE_VERSION = 1  # pipeline.probe: the linear probe protocol
 TABLES_VERSION = 1  # pipeline.report: tables and figure
+PRETRAIN_VERSION = 1  # pipeline.pretraining: the demo backbone's recipe and data

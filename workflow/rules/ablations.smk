@@ -7,6 +7,7 @@ rule train_fma_variant:
         fewshot=fewshot_cache(),
         test=test_cache,
         split=lambda w: split_file(w.dataset) if variant_is_online(w.variant) else [],
+        encoder=lambda w: encoder_inputs() if variant_is_online(w.variant) else [],
     output:
         metrics=f"{RESULTS}/ablations/{{backbone}}/{{dataset}}/{{shot}}shot_seed{{seed}}/{{variant}}.json",
         checkpoint=f"{RESULTS}/ablations/{{backbone}}/{{dataset}}/{{shot}}shot_seed{{seed}}/{{variant}}.pt",

@@ -1,0 +1,24 @@
+# The embedded demo's own backbone: a small open_clip model pretrained contrastively on captioned
+# images shipped in installed packages. Requested when encoder.pretrained names its output file.
+
+
+rule pretrain_demo_backbone:
+    output:
+        checkpoint=f"{RESULTS}/demo_backbone/{{model}}.pt",
+        metrics=f"{RESULTS}/demo_backbone/{{model}}.json",
+    log:
+        f"{RESULTS}/logs/pretrain_demo_backbone/{{model}}.log",
+    wildcard_constraints:
+        model=r"[A-Za-z0-9_.\-]+",
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        device=RUNTIME_DEVICE,
+    params:
+        cfg=lambda w: canonical({**config["demo_backbone"], "model": w.model}),
+        version=PRETRAIN_VERSION,
+    shell:
+        "python -m pipeline.pretrain_demo --config {params.cfg:q} --device {resources.device}"
+        " --threads {threads} --out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"

@@ -7,6 +7,8 @@ import logging
 
 import torch
 
+from pipeline.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -14,13 +16,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     """Turn "auto", "cpu", "cuda" or "cuda:N" into a ``torch.device``.
 
     Raises:
-        ValueError: CUDA was asked for on a machine without it.
+        InputError: CUDA was asked for on a machine without it.
     """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"runtime.device is '{name}' but CUDA is not available on this machine")
+        raise InputError(f"runtime.device is '{name}' but CUDA is not available on this machine")
     return device
 
 

@@ -63,7 +63,7 @@ def load_digits_images() -> tuple[np.ndarray, np.ndarray]:
     return images, digits.target.astype(np.int64)
 
 
-def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
+def read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     """Parse a gzipped idx file (big-endian header: magic, then one uint32 per dimension)."""
     if not path.is_file():
         raise InputError(f"Fashion-MNIST file {path} is missing (apt-get install dataset-fashion-mnist)")
@@ -92,8 +92,8 @@ def load_fashion_images(folder: Path | None = None) -> tuple[np.ndarray, np.ndar
         InputError: a file is missing (names it and the apt package) or malformed.
     """
     folder = FASHION_DIR if folder is None else Path(folder)
-    images = _read_idx(folder / FASHION_IMAGES, magic=2051, ndim=3)  # (N, 28, 28)
-    labels = _read_idx(folder / FASHION_LABELS, magic=2049, ndim=1).astype(np.int64)  # (N,)
+    images = read_idx(folder / FASHION_IMAGES, magic=2051, ndim=3)  # (N, 28, 28)
+    labels = read_idx(folder / FASHION_LABELS, magic=2049, ndim=1).astype(np.int64)  # (N,)
     if len(images) != len(labels):
         raise InputError(f"Fashion-MNIST files in {folder}: {len(images)} images but {len(labels)} labels")
     return images, labels

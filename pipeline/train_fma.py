@@ -16,7 +16,7 @@ from pipeline.config import EncoderConfig, ExtractionConfig, FMAConfig, from_dic
 from pipeline.device import resolve_device, set_threads
 from pipeline.errors import InputError
 from pipeline.feature_cache import Features, load_features
-from pipeline.fma.solver import evaluate_steps, select_m
+from pipeline.fma.solver import evaluate_steps, mean_pairwise_cosine, select_m
 from pipeline.fma.trainer import CachedViews, ViewSource, train_velocity
 from pipeline.fma.velocity import save_velocity
 
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_acc_at_m": val_acc[m],
         "test_acc_at_m": test_acc[m],
         "zero_shot_test_acc": test_acc[0],
+        "text_mean_cosine": mean_pairwise_cosine(features.text),
         "oracle_m": oracle_m,
         "oracle_test_acc": test_acc[oracle_m],
         "train_seconds": train_seconds,

@@ -1,3 +1,5 @@
+import numpy as np
+import pytest
 import torch
 
 from pipeline.fma.solver import (
@@ -88,3 +90,12 @@ def test_select_m_ties_to_smaller_and_uses_val_only():
     val = [40.0, 45.0, 45.0, 44.0]
     test = [40.0, 41.0, 42.0, 50.0]  # best on test is M=3, but M is chosen on val
     assert select_m(val) == 1 != select_m(test)
+
+
+def test_mean_pairwise_cosine_closed_forms() -> None:
+    from pipeline.fma.solver import mean_pairwise_cosine
+
+    assert mean_pairwise_cosine(np.eye(4)) == pytest.approx(0.0)
+    assert mean_pairwise_cosine(np.ones((3, 8))) == pytest.approx(1.0, abs=1e-6)
+    # Two opposite unit vectors: cosine -1 off the diagonal.
+    assert mean_pairwise_cosine(np.array([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(-1.0)

@@ -24,7 +24,7 @@ KEYS = {
     "method", "backbone", "dataset", "shot", "seed", "steps", "val_acc", "test_acc", "test_dist",
     "val_dist", "selected_m", "val_acc_at_m", "test_acc_at_m", "zero_shot_test_acc", "oracle_m",
     "oracle_test_acc", "train_seconds", "final_loss", "loss_history", "n_train", "n_val", "n_test",
-    "n_views", "config", "device", "train_views", "online", "online_encode_seconds",
+    "n_views", "config", "device", "train_views", "online", "online_encode_seconds", "text_mean_cosine",
 }  # fmt: skip
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -107,3 +108,13 @@ def select_m(val_acc: list[float]) -> int:
     assert len(val_acc) > 0
     best = max(val_acc)
     return next(m for m, acc in enumerate(val_acc) if acc == best)
+
+
+def mean_pairwise_cosine(text: np.ndarray | Tensor) -> float:
+    """Mean cosine between distinct class text features (C, D): near 1 means the classes collapse."""
+    z = F.normalize(torch.as_tensor(np.asarray(text), dtype=torch.float32), dim=-1)  # (C, D)
+    c = z.shape[0]
+    if c < 2:
+        return float("nan")
+    sims = z @ z.T  # (C, C)
+    return float((sims.sum() - sims.diagonal().sum()) / (c * (c - 1)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import logging
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.errors import InputError
+from pipeline.feature_cache import Features, load_features
 
 log = logging.getLogger("pipeline")
 
@@ -44,3 +46,29 @@ def guarded(main: Callable[..., int]) -> Callable[..., int]:
             return 2
 
     return wrapper
+
+
+def parse_json_object(text: str, name: str) -> dict:
+    """Parse a JSON argument that must be an object (a config slice or an expectation)."""
+    value = parse_json_arg(text, name)
+    if not isinstance(value, dict):
+        raise InputError(f"argument {name}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every stage-2 step takes to locate and check one (backbone, dataset, shot, seed)."""
+    parser.add_argument("--fewshot", required=True, help="few-shot HDF5 cache (train/val/text)")
+    parser.add_argument("--test", required=True, help="test HDF5 cache of the same backbone and dataset")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--shot", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--backbone", required=True, help="stage-1 backbone registry name")
+    parser.add_argument("--expect", default="{}", help="JSON: further cache attributes to check (model, ...)")
+
+
+def load_cached_run(args: argparse.Namespace) -> Features:
+    """Load the caches named by ``add_cache_arguments``, checking dataset/shot/seed/backbone + --expect."""
+    expect = parse_json_object(args.expect, "--expect")
+    run = {"dataset": args.dataset, "shot": args.shot, "seed": args.seed, "backbone": args.backbone}
+    return load_features(args.fewshot, args.test, expect={**run, **expect})

@@ -10,10 +10,9 @@ from dataclasses import asdict
 from threadpoolctl import threadpool_limits
 
 from pipeline.atomic import write_json
-from pipeline.cli import guarded, parse_json_arg, setup_logging
+from pipeline.cli import add_cache_arguments, guarded, load_cached_run, parse_json_arg, setup_logging
 from pipeline.config import ProbeConfig, from_dict
 from pipeline.errors import InputError
-from pipeline.feature_cache import load_features
 from pipeline.probe import evaluate, fit_probe
 
 log = logging.getLogger("pipeline.linear_probe")
@@ -21,13 +20,7 @@ log = logging.getLogger("pipeline.linear_probe")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.linear_probe", description=__doc__)
-    p.add_argument("--fewshot", required=True, help="few-shot feature cache (HDF5)")
-    p.add_argument("--test", required=True, help="test feature cache (HDF5)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--shot", type=int, required=True)
-    p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--backbone", required=True)
-    p.add_argument("--expect", default="{}", help="JSON: further cache attributes to check")
+    add_cache_arguments(p)
     p.add_argument("--config", default="{}", help="JSON: the probe config slice (ProbeConfig)")
     p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads")
     p.add_argument("--out", required=True, help="result JSON")
@@ -40,22 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = from_dict(ProbeConfig, parse_json_arg(args.config, "--config"), prefix="probe.")
-    expect = parse_json_arg(args.expect, "--expect")
-    if not isinstance(expect, dict):
-        raise InputError("argument --expect: expected a JSON object")
     if args.threads < 1:
         raise InputError(f"argument --threads: must be >= 1, got {args.threads}")
-    feats = load_features(
-        args.fewshot,
-        args.test,
-        expect={
-            "dataset": args.dataset,
-            "shot": args.shot,
-            "seed": args.seed,
-            "backbone": args.backbone,
-            **expect,
-        },
-    )
+    feats = load_cached_run(args)
     log.info(
         "%s %s shot=%d seed=%d: %d train, %d val, %d test, %d classes",
         args.backbone,

@@ -11,11 +11,11 @@ from pathlib import Path
 import torch
 
 from pipeline.atomic import write_json
-from pipeline.cli import guarded, parse_json_arg, setup_logging
+from pipeline.cli import add_cache_arguments, guarded, load_cached_run, parse_json_object, setup_logging
 from pipeline.config import EncoderConfig, ExtractionConfig, FMAConfig, from_dict
 from pipeline.device import resolve_device, set_threads
 from pipeline.errors import InputError
-from pipeline.feature_cache import Features, load_features
+from pipeline.feature_cache import Features
 from pipeline.fma.solver import evaluate_steps, mean_pairwise_cosine, select_m
 from pipeline.fma.trainer import CachedViews, ViewSource, train_velocity
 from pipeline.fma.velocity import save_velocity
@@ -25,15 +25,7 @@ log = logging.getLogger("pipeline.train_fma")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline.train_fma", description=__doc__)
-    parser.add_argument("--fewshot", required=True, help="few-shot HDF5 cache (train/val/text)")
-    parser.add_argument("--test", required=True, help="test HDF5 cache of the same backbone and dataset")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--shot", type=int, required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--backbone", required=True, help="stage-1 backbone registry name")
-    parser.add_argument(
-        "--expect", default="{}", help="JSON dict of further cache attributes to check (model, ...)"
-    )
+    add_cache_arguments(parser)
     parser.add_argument("--config", default="{}", help="JSON of the fma config slice (FMAConfig)")
     parser.add_argument(
         "--variant", default=None, help="ablation variant name, recorded as 'variant' in the metrics"
@@ -55,13 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _json_dict(text: str, name: str) -> dict:
-    value = parse_json_arg(text, name)
-    if not isinstance(value, dict):
-        raise InputError(f"argument {name}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
 def build_online_views(args: argparse.Namespace, features: Features, device: torch.device) -> ViewSource:
     """``OnlineViews`` over the cache's training images, encoded by the cache's own encoder on ``device``.
 
@@ -77,7 +62,7 @@ def build_online_views(args: argparse.Namespace, features: Features, device: tor
 
     if args.data_root is None or args.online_config is None:
         raise InputError("config key 'fma.online' is true: pass --data-root and --online-config")
-    online_cfg = _json_dict(args.online_config, "--online-config")
+    online_cfg = parse_json_object(args.online_config, "--online-config")
     if "encoder" not in online_cfg:
         raise InputError("argument --online-config: expected a JSON object with an 'encoder' key")
     unknown = sorted(set(online_cfg) - {"encoder", "extraction"})
@@ -117,24 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     set_threads(args.threads)
-    cfg = from_dict(FMAConfig, _json_dict(args.config, "--config"), prefix="fma.")
-    expect = _json_dict(args.expect, "--expect")
+    cfg = from_dict(FMAConfig, parse_json_object(args.config, "--config"), prefix="fma.")
     try:
         device = resolve_device(args.device)
     except (RuntimeError, ValueError) as err:
         raise InputError(f"argument --device: {err}") from None
 
-    features = load_features(
-        args.fewshot,
-        args.test,
-        expect={
-            "dataset": args.dataset,
-            "shot": args.shot,
-            "seed": args.seed,
-            "backbone": args.backbone,
-            **expect,
-        },
-    )
+    features = load_cached_run(args)
     for name, y in (("train", features.train_y), ("val", features.val_y), ("test", features.test_y)):
         if len(y) == 0:
             path = args.test if name == "test" else args.fewshot

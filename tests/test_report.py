@@ -8,22 +8,24 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.report import (
+from pipeline.ablation_report import (
     ABLATION_COLUMNS,
     build_ablation,
-    build_curves,
-    build_long,
     check_labels,
     format_ablation_latex,
     format_ablation_markdown,
+    load_ablation_runs,
+    write_ablation_report,
+)
+from pipeline.errors import InputError
+from pipeline.report import (
+    build_curves,
+    build_long,
     format_latex,
     format_markdown,
     latex_escape,
-    load_ablation_runs,
     load_runs,
     summarize,
-    write_ablation_report,
     write_report,
 )
 

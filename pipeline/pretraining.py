@@ -29,15 +29,13 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_path
 from pipeline.data.catalog import get_dataset_info
 from pipeline.data.coop import load_dataset, resolve_image
-from pipeline.data.demo import DIGIT_CLASSNAMES, FASHION_CLASSNAMES, FASHION_DIR, read_idx
+from pipeline.data.demo import DIGIT_CLASSNAMES, FASHION_CLASSNAMES, load_fashion_images
 from pipeline.data.images import load_image
 from pipeline.encoder import Encoder, encode_images, encode_texts, register_model_configs
 from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 
-FASHION_TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
-FASHION_TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
 MNIST_FILE = "mnist_5k.csv.gz"
 
 # Caption templates; ``{name}`` is the class name, ``{num}`` the numeral (digits only). The demo's
@@ -128,12 +126,7 @@ def load_fashion_train(folder: Path | None = None) -> tuple[np.ndarray, np.ndarr
     Returns:
         images (60000, 28, 28) uint8, labels (60000,) int64.
     """
-    folder = FASHION_DIR if folder is None else Path(folder)
-    images = read_idx(folder / FASHION_TRAIN_IMAGES, magic=2051, ndim=3)  # (N, 28, 28)
-    labels = read_idx(folder / FASHION_TRAIN_LABELS, magic=2049, ndim=1).astype(np.int64)  # (N,)
-    if len(images) != len(labels):
-        raise InputError(f"Fashion-MNIST files in {folder}: {len(images)} images but {len(labels)} labels")
-    return images, labels
+    return load_fashion_images(folder, split="train")
 
 
 def load_mnist_digits() -> tuple[np.ndarray, np.ndarray]:

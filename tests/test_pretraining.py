@@ -12,11 +12,10 @@ import torch
 
 from pipeline import pretrain_demo
 from pipeline.config import EncoderConfig
-from pipeline.data.demo import FASHION_DIR
+from pipeline.data.demo import FASHION_DIR, FASHION_TRAIN_IMAGES
 from pipeline.encoder import encode_images, encode_texts, load_encoder
 from pipeline.errors import InputError
 from pipeline.pretraining import (
-    FASHION_TRAIN_IMAGES,
     PretrainConfig,
     build_pretrain_data,
     downscale_blur,

@@ -29,6 +29,12 @@ DIGITS_FRACTIONS = (0.5, 0.2)
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_IMAGES = "t10k-images-idx3-ubyte.gz"
 FASHION_LABELS = "t10k-labels-idx1-ubyte.gz"
+FASHION_TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
+FASHION_TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
+FASHION_FILES = {
+    "t10k": (FASHION_IMAGES, FASHION_LABELS),
+    "train": (FASHION_TRAIN_IMAGES, FASHION_TRAIN_LABELS),
+}
 FASHION_CLASSNAMES = (
     "t-shirt",
     "trouser",
@@ -82,18 +88,23 @@ def read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     return data.reshape(shape)
 
 
-def load_fashion_images(folder: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST test images from Debian's ``dataset-fashion-mnist`` package.
+def load_fashion_images(folder: Path | None = None, split: str = "t10k") -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST images from Debian's ``dataset-fashion-mnist`` package.
+
+    Args:
+        split: "t10k" (the 10,000 test images: the demo dataset) or "train" (the 60,000 training
+            images: the demo backbone's pretraining data; disjoint from the demo dataset).
 
     Returns:
-        images (10000, 28, 28) uint8, labels (10000,) int64.
+        images (N, 28, 28) uint8, labels (N,) int64.
 
     Raises:
         InputError: a file is missing (names it and the apt package) or malformed.
     """
+    image_file, label_file = FASHION_FILES[split]
     folder = FASHION_DIR if folder is None else Path(folder)
-    images = read_idx(folder / FASHION_IMAGES, magic=2051, ndim=3)  # (N, 28, 28)
-    labels = read_idx(folder / FASHION_LABELS, magic=2049, ndim=1).astype(np.int64)  # (N,)
+    images = read_idx(folder / image_file, magic=2051, ndim=3)  # (N, 28, 28)
+    labels = read_idx(folder / label_file, magic=2049, ndim=1).astype(np.int64)  # (N,)
     if len(images) != len(labels):
         raise InputError(f"Fashion-MNIST files in {folder}: {len(images)} images but {len(labels)} labels")
     return images, labels

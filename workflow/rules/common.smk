@@ -6,6 +6,9 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from pipeline.config import (
+    canonical_json as canonical,
+)  # equal slices give equal strings
 from pipeline.data.catalog import get_dataset_info, list_datasets
 from pipeline.versions import (
     DEMO_DATA_VERSION,
@@ -116,11 +119,6 @@ wildcard_constraints:
 
 
 # ---------------------------------------------------------------- config slices (rule params)
-
-
-def canonical(obj):
-    """Canonical JSON: equal slices give equal strings, so params changes mean real changes."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 def templates_for(dataset):

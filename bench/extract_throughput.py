@@ -1,9 +1,10 @@
 """Benchmark: feature-extraction throughput (images/s) of an open_clip image encoder, random init.
 
-Two figures: (a) the encoder forward alone (``pipeline.encoder.encode_images``) on random preprocessed
-tensors, and (b) end to end from PNG files through ``pipeline.extract``'s ViewDataset and encode_views
-(decode, center crop + K augmented views, DataLoader, encode) on the demo digits dataset, which is built
-in a temporary folder from scikit-learn's bundled images. Prints figures; it is not a test.
+Two figures: (a) the encoder forward alone (``pipeline.backbones.encoder.encode_images``) on random
+preprocessed tensors, and (b) end to end from PNG files through ``pipeline.extract``'s ViewDataset and
+encode_views (decode, center crop + K augmented views, DataLoader, encode) on the demo digits
+dataset, which is built in a temporary folder from scikit-learn's bundled images.
+Prints figures; it is not a test.
 
     python bench/extract_throughput.py                                   # demo-vit-t-28
     python bench/extract_throughput.py --model ViT-B-16 --batch-size 32 --n-images 64
@@ -24,12 +25,12 @@ from machine import machine_rows  # bench/machine.py: where figures were measure
 from tabulate import tabulate
 
 from pipeline.backbones import Backbone, get_backbone
-from pipeline.cli import guarded
-from pipeline.config import EncoderConfig, ExtractionConfig, RuntimeConfig
+from pipeline.backbones.encoder import Encoder, build_train_transform, encode_images, load_encoder
+from pipeline.core.cli import guarded
+from pipeline.core.config import EncoderConfig, ExtractionConfig, RuntimeConfig
+from pipeline.core.device import resolve_device, set_threads
 from pipeline.data.coop import load_dataset
-from pipeline.data.demo import build_demo_dataset
-from pipeline.device import resolve_device, set_threads
-from pipeline.encoder import Encoder, build_train_transform, encode_images, load_encoder
+from pipeline.demo.datasets import build_demo_dataset
 from pipeline.extract import ViewDataset, encode_views
 
 DATASET = "demo_digits"

@@ -1,4 +1,4 @@
-"""Benchmark: FMA velocity-net training throughput through ``pipeline.fma.trainer.train_velocity``.
+"""Benchmark: FMA velocity-net training throughput through ``pipeline.methods.fma.trainer.train_velocity``.
 
 Times the real trainer (VelocityNet, FlowPath with the paper's noise, class coupling, AdamW with the
 warm-up/cosine schedule) on synthetic cached features, and compares its achieved GFLOP/s with a plain
@@ -25,12 +25,12 @@ from machine import machine_rows  # bench/machine.py: where figures were measure
 from tabulate import tabulate
 from torch import nn
 
-from pipeline.cli import guarded
-from pipeline.config import FMAConfig
-from pipeline.device import resolve_device, set_threads
-from pipeline.feature_cache import Features
-from pipeline.fma.trainer import train_velocity
-from pipeline.fma.velocity import VelocityNet
+from pipeline.core.cli import guarded
+from pipeline.core.config import FMAConfig
+from pipeline.core.device import resolve_device, set_threads
+from pipeline.features.cache import Features
+from pipeline.methods.fma.trainer import train_velocity
+from pipeline.methods.fma.velocity import VelocityNet
 
 SEED = 0
 PEAK_SIZE = 1024  # square matmul that shows the machine's best float32 rate

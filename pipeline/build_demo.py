@@ -6,9 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.cli import guarded, setup_logging
+from pipeline.core.cli import guarded, setup_logging
 from pipeline.data.catalog import get_dataset_info, list_demo_datasets
-from pipeline.data.demo import build_demo_dataset
+from pipeline.demo.datasets import build_demo_dataset
 
 log = logging.getLogger("pipeline.build_demo")
 

@@ -1,6 +1,6 @@
 """Stage 1 -> cache: encode a dataset's test split, or one few-shot split, and write the HDF5 file.
 
-Two kinds of job (see ``pipeline.feature_cache`` for the layout):
+Two kinds of job (see ``pipeline.features.cache`` for the layout):
 
 * ``--kind test``: the full test split, once per backbone and dataset when the image encoder is frozen;
 * ``--kind fewshot``: the sampled train images (center view + K augmented views), the few-shot val
@@ -24,15 +24,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pipeline.backbones import Backbone, get_backbone
-from pipeline.cli import guarded, parse_json_arg, setup_logging
-from pipeline.config import EncoderConfig, ExtractionConfig, RuntimeConfig, from_dict
+from pipeline.backbones.encoder import build_train_transform, load_encoder
+from pipeline.core.cli import guarded, parse_json_arg, setup_logging
+from pipeline.core.config import EncoderConfig, ExtractionConfig, RuntimeConfig, from_dict
+from pipeline.core.device import resolve_device, set_threads
+from pipeline.core.errors import InputError
 from pipeline.data.coop import DatasetSplits, Item, check_images, load_dataset, resolve_image
 from pipeline.data.fewshot import read_split_file
 from pipeline.data.images import load_image
-from pipeline.device import resolve_device, set_threads
-from pipeline.encoder import build_train_transform, load_encoder
-from pipeline.errors import InputError
-from pipeline.feature_cache import write_fewshot_cache, write_test_cache
+from pipeline.features.cache import write_fewshot_cache, write_test_cache
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.ablation_report import check_labels, load_ablation_runs, write_ablation_report
-from pipeline.cli import guarded, parse_json_arg, setup_logging
+from pipeline.core.cli import guarded, parse_json_arg, setup_logging
+from pipeline.report.ablations import check_labels, load_ablation_runs, write_ablation_report
 
 log = logging.getLogger("pipeline.make_ablations")
 

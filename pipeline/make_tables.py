@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from pipeline.cli import guarded, parse_json_arg, setup_logging
-from pipeline.report import check_groups, load_runs, write_report
+from pipeline.core.cli import guarded, parse_json_arg, setup_logging
+from pipeline.report.fewshot import check_groups, load_runs, write_report
 
 log = logging.getLogger("pipeline.make_tables")
 

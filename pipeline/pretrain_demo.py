@@ -9,11 +9,11 @@ from dataclasses import asdict
 
 import torch
 
-from pipeline.atomic import write_json
-from pipeline.cli import guarded, parse_json_arg, setup_logging
-from pipeline.config import from_dict
-from pipeline.device import resolve_device, set_threads
-from pipeline.pretraining import PretrainConfig, pretrain, save_checkpoint
+from pipeline.core.atomic import write_json
+from pipeline.core.cli import guarded, parse_json_arg, setup_logging
+from pipeline.core.config import from_dict
+from pipeline.core.device import resolve_device, set_threads
+from pipeline.demo.pretrain import PretrainConfig, pretrain, save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.cli import guarded, setup_logging
+from pipeline.core.cli import guarded, setup_logging
 from pipeline.data.catalog import list_datasets
 from pipeline.data.coop import check_images, load_dataset
 from pipeline.data.fewshot import sample_fewshot, write_split_file

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import torch
 
-from pipeline.atomic import write_json
-from pipeline.cli import add_cache_arguments, guarded, load_cached_run, parse_json_object, setup_logging
-from pipeline.config import EncoderConfig, ExtractionConfig, FMAConfig, from_dict
-from pipeline.device import resolve_device, set_threads
-from pipeline.errors import InputError
-from pipeline.feature_cache import Features
-from pipeline.fma.solver import evaluate_steps, mean_pairwise_cosine, select_m
-from pipeline.fma.trainer import CachedViews, ViewSource, train_velocity
-from pipeline.fma.velocity import save_velocity
+from pipeline.core.atomic import write_json
+from pipeline.core.cli import add_cache_arguments, guarded, load_cached_run, parse_json_object, setup_logging
+from pipeline.core.config import EncoderConfig, ExtractionConfig, FMAConfig, from_dict
+from pipeline.core.device import resolve_device, set_threads
+from pipeline.core.errors import InputError
+from pipeline.features.cache import Features
+from pipeline.methods.fma.solver import evaluate_steps, mean_pairwise_cosine, select_m
+from pipeline.methods.fma.trainer import CachedViews, ViewSource, train_velocity
+from pipeline.methods.fma.velocity import save_velocity
 
 log = logging.getLogger("pipeline.train_fma")
 
@@ -56,9 +56,9 @@ def build_online_views(args: argparse.Namespace, features: Features, device: tor
     """
     # Imported here: only online training needs open_clip, images and the backbones.
     from pipeline.backbones import get_backbone
+    from pipeline.backbones.encoder import build_train_transform, load_encoder
     from pipeline.data.coop import Item, check_images, load_dataset, resolve_image
-    from pipeline.encoder import build_train_transform, load_encoder
-    from pipeline.fma.online import OnlineViews
+    from pipeline.methods.fma.online import OnlineViews
 
     if args.data_root is None or args.online_config is None:
         raise InputError("config key 'fma.online' is true: pass --data-root and --online-config")

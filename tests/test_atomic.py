@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.atomic import atomic_path, write_json
+from pipeline.core.atomic import atomic_path, write_json
 
 
 def test_success_renames_into_place(tmp_path: Path) -> None:

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
+from pipeline.core.errors import InputError
 from pipeline.data.catalog import get_dataset_info, list_datasets, list_demo_datasets
-from pipeline.errors import InputError
 
 COOP_DATASETS = (
     "caltech101",

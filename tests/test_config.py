@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import EncoderConfig, ExtractionConfig, FMAConfig, canonical_json, from_dict
-from pipeline.errors import InputError
+from pipeline.core.config import EncoderConfig, ExtractionConfig, FMAConfig, canonical_json, from_dict
+from pipeline.core.errors import InputError
 
 
 def test_from_dict_fills_defaults_and_coerces_ints_to_floats() -> None:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.core.errors import InputError
 from pipeline.data.coop import check_images, load_dataset, resolve_image
 from pipeline.data.images import load_image
-from pipeline.errors import InputError
 
 PETS_CLASSES = ("american_bulldog", "Abyssinian", "great_pyrenees")
 

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 
 from pipeline import build_demo
-from pipeline.data import demo
+from pipeline.core.errors import InputError
 from pipeline.data.catalog import get_dataset_info, list_demo_datasets
 from pipeline.data.coop import check_images, load_dataset, resolve_image
-from pipeline.data.demo import (
+from pipeline.data.images import load_image
+from pipeline.demo import datasets as demo
+from pipeline.demo.datasets import (
     FASHION_DIR,
     FASHION_IMAGES,
     FASHION_LABELS,
@@ -22,8 +24,6 @@ from pipeline.data.demo import (
     load_fashion_images,
     split_by_fraction,
 )
-from pipeline.data.images import load_image
-from pipeline.errors import InputError
 
 HAVE_FASHION = (FASHION_DIR / FASHION_IMAGES).is_file() and (FASHION_DIR / FASHION_LABELS).is_file()
 

@@ -9,9 +9,9 @@ import torch
 import yaml
 
 from pipeline.backbones import BACKBONES, get_backbone
-from pipeline.config import EncoderConfig
-from pipeline.encoder import build_train_transform, encode_images, encode_texts, load_encoder
-from pipeline.errors import InputError
+from pipeline.backbones.encoder import build_train_transform, encode_images, encode_texts, load_encoder
+from pipeline.core.config import EncoderConfig
+from pipeline.core.errors import InputError
 
 CPU = torch.device("cpu")
 TINY = EncoderConfig(model="demo-vit-t-28", pretrained=None)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from pipeline.data.coop import load_dataset
-from pipeline.data.demo import build_demo_dataset
 from pipeline.data.fewshot import sample_fewshot, write_split_file
+from pipeline.demo.datasets import build_demo_dataset
 from pipeline.extract import main
-from pipeline.feature_cache import load_features
+from pipeline.features.cache import load_features
 
 ENCODER = {"model": "demo-vit-t-28", "pretrained": None}
 TEMPLATES = ["a photo of the digit {}."]

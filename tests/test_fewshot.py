@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from pipeline import sample_shots
+from pipeline.core.errors import InputError
 from pipeline.data.coop import DatasetSplits, Item
 from pipeline.data.fewshot import (
     SAMPLING_VERSION,
@@ -22,7 +23,6 @@ from pipeline.data.fewshot import (
     sample_fewshot,
     write_split_file,
 )
-from pipeline.errors import InputError
 
 
 def make_splits(train_counts: list[int], val_counts: list[int] | None, name: str = "dtd") -> DatasetSplits:

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from pipeline.backbones import get_backbone
-from pipeline.config import EncoderConfig
+from pipeline.backbones.encoder import build_train_transform, load_encoder
+from pipeline.core.config import EncoderConfig
 from pipeline.data.coop import load_dataset, resolve_image
-from pipeline.data.demo import build_demo_dataset
-from pipeline.encoder import build_train_transform, load_encoder
-from pipeline.fma.online import OnlineViews, online_view_seed
+from pipeline.demo.datasets import build_demo_dataset
+from pipeline.methods.fma.online import OnlineViews, online_view_seed
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pipeline.errors import InputError
-from pipeline.fma.path import FlowPath, couple
+from pipeline.core.errors import InputError
+from pipeline.methods.fma.path import FlowPath, couple
 
 
 def _batch(b: int = 5, d: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

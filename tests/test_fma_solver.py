@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.fma.solver import (
+from pipeline.methods.fma.solver import (
     accuracy_per_step,
     classify,
     distance_per_step,
@@ -93,7 +93,7 @@ def test_select_m_ties_to_smaller_and_uses_val_only():
 
 
 def test_mean_pairwise_cosine_closed_forms() -> None:
-    from pipeline.fma.solver import mean_pairwise_cosine
+    from pipeline.methods.fma.solver import mean_pairwise_cosine
 
     assert mean_pairwise_cosine(np.eye(4)) == pytest.approx(0.0)
     assert mean_pairwise_cosine(np.ones((3, 8))) == pytest.approx(1.0, abs=1e-6)

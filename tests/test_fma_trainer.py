@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import FMAConfig
-from pipeline.errors import InputError
-from pipeline.fma.solver import evaluate_steps
-from pipeline.fma.trainer import CachedViews, compute_sigma2, get_lr, train_velocity
+from pipeline.core.config import FMAConfig
+from pipeline.core.errors import InputError
+from pipeline.methods.fma.solver import evaluate_steps
+from pipeline.methods.fma.trainer import CachedViews, compute_sigma2, get_lr, train_velocity
 
 
 def _toy(seed: int = 0, classes: int = 4, dim: int = 16, shots: int = 8, views: int = 2) -> SimpleNamespace:

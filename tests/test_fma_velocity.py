@@ -1,6 +1,6 @@
 import torch
 
-from pipeline.fma.velocity import VelocityNet, timestep_embedding
+from pipeline.methods.fma.velocity import VelocityNet, timestep_embedding
 
 
 def test_fresh_net_returns_exactly_zero():

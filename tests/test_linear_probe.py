@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from pipeline.feature_cache import write_fewshot_cache, write_test_cache
-from pipeline.linear_probe import main
+from pipeline.features.cache import write_fewshot_cache, write_test_cache
+from pipeline.train_probe import main
 
 ATTRS = {
     "backbone": "zeroshot",

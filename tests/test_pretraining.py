@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from pipeline import pretrain_demo
-from pipeline.config import EncoderConfig
-from pipeline.data.demo import FASHION_DIR, FASHION_TRAIN_IMAGES
-from pipeline.encoder import encode_images, encode_texts, load_encoder
-from pipeline.errors import InputError
-from pipeline.pretraining import (
+from pipeline.backbones.encoder import encode_images, encode_texts, load_encoder
+from pipeline.core.config import EncoderConfig
+from pipeline.core.errors import InputError
+from pipeline.demo.datasets import FASHION_DIR, FASHION_TRAIN_IMAGES
+from pipeline.demo.pretrain import (
     PretrainConfig,
     build_pretrain_data,
     downscale_blur,

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import probe
-from pipeline.config import ProbeConfig
-from pipeline.errors import InputError
-from pipeline.probe import evaluate, fit_probe
+from pipeline.core.config import ProbeConfig
+from pipeline.core.errors import InputError
+from pipeline.methods import linear_probe as probe
+from pipeline.methods.linear_probe import evaluate, fit_probe
 
 
 def _clusters(rng: np.random.Generator, centers: np.ndarray, n: int, spread: float):

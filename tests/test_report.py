@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.ablation_report import (
+from pipeline.core.errors import InputError
+from pipeline.report.ablations import (
     ABLATION_COLUMNS,
     build_ablation,
     check_labels,
@@ -17,8 +18,7 @@ from pipeline.ablation_report import (
     load_ablation_runs,
     write_ablation_report,
 )
-from pipeline.errors import InputError
-from pipeline.report import (
+from pipeline.report.fewshot import (
     build_curves,
     build_long,
     format_latex,

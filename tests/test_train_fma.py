@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from pipeline.data.coop import load_dataset
-from pipeline.data.demo import build_demo_dataset
 from pipeline.data.fewshot import sample_fewshot, write_split_file
+from pipeline.demo.datasets import build_demo_dataset
 from pipeline.extract import main as extract_main
-from pipeline.feature_cache import read_attrs, write_fewshot_cache, write_test_cache
-from pipeline.fma.velocity import VelocityNet, load_velocity
+from pipeline.features.cache import read_attrs, write_fewshot_cache, write_test_cache
+from pipeline.methods.fma.velocity import VelocityNet, load_velocity
 from pipeline.train_fma import main
 
 ATTRS = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.backbones.base import Backbone
 from pipeline.backbones.zeroshot import ZeroShotCLIP
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 BACKBONES: dict[str, type[Backbone]] = {
     ZeroShotCLIP.name: ZeroShotCLIP,

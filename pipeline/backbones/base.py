@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import torch
 
-from pipeline.encoder import Encoder
+from pipeline.backbones.encoder import Encoder
 
 
 class Backbone(abc.ABC):

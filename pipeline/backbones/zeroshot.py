@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from pipeline.backbones.base import Backbone
-from pipeline.encoder import encode_images, encode_texts
+from pipeline.backbones.encoder import encode_images, encode_texts
 
 
 class ZeroShotCLIP(Backbone):

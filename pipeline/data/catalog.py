@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class DatasetInfo:
         split_file: CoOp split JSON inside ``folder``.
         templates: prompt templates, each with one ``{}`` for the class name.
         classname_map: rewrites applied after underscores become spaces (read-only mapping).
-        source: for demo datasets, the key ``pipeline.data.demo`` builds it from; ``None`` for
+        source: for demo datasets, the key ``pipeline.demo.datasets`` builds it from; ``None`` for
             datasets that must be downloaded.
     """
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.core.errors import InputError
 from pipeline.data.catalog import DatasetInfo, get_dataset_info
-from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import write_json
+from pipeline.core.atomic import write_json
+from pipeline.core.errors import InputError
+from pipeline.core.versions import SAMPLING_VERSION  # bump it when the sampling below changes its draws
 from pipeline.data.coop import DatasetSplits, Item
-from pipeline.errors import InputError
-from pipeline.versions import SAMPLING_VERSION  # bump it when the sampling below changes its draws
 
 log = logging.getLogger(__name__)
 

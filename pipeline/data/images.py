@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 
 def load_image(path: Path) -> Image.Image:

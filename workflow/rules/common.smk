@@ -6,11 +6,11 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from pipeline.config import (
+from pipeline.core.config import (
     canonical_json as canonical,
 )  # equal slices give equal strings
 from pipeline.data.catalog import get_dataset_info, list_datasets
-from pipeline.versions import (
+from pipeline.core.versions import (
     DEMO_DATA_VERSION,
     EXTRACTION_VERSION,
     FMA_VERSION,

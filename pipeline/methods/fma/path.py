@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 NOISE_MODES = ("none", "paper", "interpolant")
 COUPLINGS = ("class", "random")

@@ -10,9 +10,9 @@ import pickle
 import torch
 from torch import Tensor, nn
 
-from pipeline.atomic import atomic_path
-from pipeline.config import FMAConfig, from_dict
-from pipeline.errors import InputError
+from pipeline.core.atomic import atomic_path
+from pipeline.core.config import FMAConfig, from_dict
+from pipeline.core.errors import InputError
 
 FREQ_DIM = 256  # width of the sinusoidal time embedding
 TIME_SCALE = 1000.0  # t in [0, 1] is scaled to [0, 1000] before the sinusoids, as in DiT

@@ -11,8 +11,8 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from pipeline.config import ProbeConfig
-from pipeline.errors import InputError
+from pipeline.core.config import ProbeConfig
+from pipeline.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

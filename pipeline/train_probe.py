@@ -9,17 +9,17 @@ from dataclasses import asdict
 
 from threadpoolctl import threadpool_limits
 
-from pipeline.atomic import write_json
-from pipeline.cli import add_cache_arguments, guarded, load_cached_run, parse_json_arg, setup_logging
-from pipeline.config import ProbeConfig, from_dict
-from pipeline.errors import InputError
-from pipeline.probe import evaluate, fit_probe
+from pipeline.core.atomic import write_json
+from pipeline.core.cli import add_cache_arguments, guarded, load_cached_run, parse_json_arg, setup_logging
+from pipeline.core.config import ProbeConfig, from_dict
+from pipeline.core.errors import InputError
+from pipeline.methods.linear_probe import evaluate, fit_probe
 
-log = logging.getLogger("pipeline.linear_probe")
+log = logging.getLogger("pipeline.train_probe")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline.linear_probe", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m pipeline.train_probe", description=__doc__)
     add_cache_arguments(p)
     p.add_argument("--config", default="{}", help="JSON: the probe config slice (ProbeConfig)")
     p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads")

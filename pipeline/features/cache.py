@@ -1,6 +1,6 @@
 """HDF5 feature cache: the only hand-off between stage 1 (encoders) and stage 2 (FMA, probes).
 
-Two kinds of file, both written to a temporary name and renamed (see ``pipeline.atomic``):
+Two kinds of file, both written to a temporary name and renamed (see ``pipeline.core.atomic``):
 
 * a **test file**, one per backbone and dataset when the backbone's image encoder is frozen
   (shared by every shot, seed and stage-2 method)::
@@ -37,9 +37,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from pipeline.atomic import atomic_path
-from pipeline.errors import InputError
-from pipeline.versions import EXTRACTION_VERSION
+from pipeline.core.atomic import atomic_path
+from pipeline.core.errors import InputError
+from pipeline.core.versions import EXTRACTION_VERSION
 
 # Bump when the layout or the meaning of a cached array changes: old caches then fail to load.
 SCHEMA_VERSION = 1

@@ -4,10 +4,10 @@ The workflow puts the matching constant in each rule's params, so Snakemake reru
 everything downstream) when its code changes what it writes. Cache files record theirs as attributes.
 """
 
-DEMO_DATA_VERSION = 1  # pipeline.data.demo: images and split of the demo datasets
+DEMO_DATA_VERSION = 1  # pipeline.demo.datasets: images and split of the demo datasets
 SAMPLING_VERSION = 1  # pipeline.data.fewshot: which images a (shot, seed) draws
 EXTRACTION_VERSION = 1  # pipeline.extract: what the HDF5 caches hold
-FMA_VERSION = 1  # pipeline.fma: training, solver and metrics
-PROBE_VERSION = 1  # pipeline.probe: the linear probe protocol
-TABLES_VERSION = 1  # pipeline.report: tables and figure
-PRETRAIN_VERSION = 1  # pipeline.pretraining: the demo backbone's recipe and data
+FMA_VERSION = 1  # pipeline.methods.fma: training, solver and metrics
+PROBE_VERSION = 1  # pipeline.methods.linear_probe: the linear probe protocol
+TABLES_VERSION = 1  # pipeline.report.fewshot: tables and figure
+PRETRAIN_VERSION = 1  # pipeline.demo.pretrain: the demo backbone's recipe and data

@@ -10,8 +10,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.errors import InputError
-from pipeline.feature_cache import Features, load_features
+from pipeline.core.errors import InputError
+from pipeline.features.cache import Features, load_features
 
 log = logging.getLogger("pipeline")
 

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 T = TypeVar("T")
 
@@ -107,7 +107,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
 class EncoderConfig:
     """Which open_clip model encodes images and texts."""
 
-    model: str = "demo-vit-t-28"  # open_clip architecture name (built-in or pipeline/model_configs)
+    model: str = "demo-vit-t-28"  # open_clip architecture name (built-in or pipeline/demo/model_configs)
     pretrained: str | None = None  # open_clip tag (e.g. "openai") or a local checkpoint path
 
 

@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path
+from pipeline.backbones.encoder import Encoder, encode_images, encode_texts, register_model_configs
+from pipeline.core.atomic import atomic_path
+from pipeline.core.errors import InputError
 from pipeline.data.catalog import get_dataset_info
 from pipeline.data.coop import load_dataset, resolve_image
-from pipeline.data.demo import DIGIT_CLASSNAMES, FASHION_CLASSNAMES, load_fashion_images
 from pipeline.data.images import load_image
-from pipeline.encoder import Encoder, encode_images, encode_texts, register_model_configs
-from pipeline.errors import InputError
+from pipeline.demo.datasets import DIGIT_CLASSNAMES, FASHION_CLASSNAMES, load_fashion_images
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ MAX_LOGIT_SCALE = math.log(100.0)
 class PretrainConfig:
     """What the demo backbone is pretrained on and how (every field changes the checkpoint)."""
 
-    model: str = "demo-vit-t-28"  # open_clip architecture name (built-in or pipeline/model_configs)
+    model: str = "demo-vit-t-28"  # open_clip architecture name (built-in or pipeline/demo/model_configs)
     steps: int = 300
     batch_size: int = 256
     lr: float = 1e-3  # peak AdamW learning rate, reached after warm-up, then cosine decay to 0
@@ -296,7 +296,7 @@ def _check_architecture(name: str) -> None:
     if name not in open_clip.list_models():
         raise InputError(
             f"config key 'model': unknown open_clip architecture '{name}' "
-            "(see open_clip.list_models() or pipeline/model_configs)"
+            "(see open_clip.list_models() or pipeline/demo/model_configs)"
         )
 
 

@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_path
+from pipeline.core.atomic import atomic_path
+from pipeline.core.errors import InputError
 from pipeline.data.catalog import get_dataset_info, list_demo_datasets
-from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 

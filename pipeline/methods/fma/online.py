@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from pipeline.backbones.base import Backbone
 from pipeline.data.images import load_image
-from pipeline.fma.trainer import compute_sigma2
+from pipeline.methods.fma.trainer import compute_sigma2
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class _EpochImages(Dataset):
 
 
 class OnlineViews:
-    """A ``ViewSource`` (see ``pipeline.fma.trainer``) that encodes fresh augmentations each epoch.
+    """A ``ViewSource`` (see ``pipeline.methods.fma.trainer``) that encodes fresh augmentations each epoch.
 
     The official FMA code's way of training: at the start of every epoch each of the N training
     images is decoded, augmented once (``transform``, e.g. ``build_train_transform``) and encoded by

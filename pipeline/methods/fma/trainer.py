@@ -11,12 +11,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.config import FMAConfig
-from pipeline.device import autocast
-from pipeline.errors import InputError
-from pipeline.feature_cache import Features
-from pipeline.fma.path import FlowPath, couple
-from pipeline.fma.velocity import VelocityNet, load_velocity
+from pipeline.core.config import FMAConfig
+from pipeline.core.device import autocast
+from pipeline.core.errors import InputError
+from pipeline.features.cache import Features
+from pipeline.methods.fma.path import FlowPath, couple
+from pipeline.methods.fma.velocity import VelocityNet, load_velocity
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def train_velocity(
 
     Each epoch shuffles the N training images and takes one view of each from ``views``: by default
     one of the cached views (``CachedViews``, limited by ``cfg.train_views``), or with
-    ``pipeline.fma.online.OnlineViews`` a freshly encoded augmentation (the official code's way; the
+    ``pipeline.methods.fma.online.OnlineViews`` a freshly encoded augmentation (the official code's way; the
     encoding time counts as training time). Per sample t ~ U(0, 1), z from the coupling, (x_t, u_t) from the
     path (``FlowPath``), and the loss is E ||u_theta(x_t, t) - u_t||^2, summed over dimensions and
     averaged over the batch. AdamW with ``get_lr`` per step. On CUDA the forward pass runs under
@@ -133,7 +133,7 @@ def train_velocity(
 
     Args:
         features: anything with ``train_x`` (N, V, D), ``train_y`` (N,) and ``text`` (C, D) arrays,
-            e.g. ``pipeline.feature_cache.Features``.
+            e.g. ``pipeline.features.cache.Features``.
         cfg: the FMA config slice.
         seed: seeds the initialisation and every random draw (own generator; global RNG untouched).
         device: where to train.

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from pipeline.config import EncoderConfig
-from pipeline.device import autocast
-from pipeline.errors import InputError
+from pipeline.core.config import EncoderConfig
+from pipeline.core.device import autocast
+from pipeline.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
-MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+MODEL_CONFIG_DIR = Path(__file__).parents[1] / "demo" / "model_configs"
 # Random init is seeded so that separate extraction jobs (test once per dataset, few-shot per seed)
 # build the very same untrained encoder.
 RANDOM_INIT_SEED = 0
@@ -28,7 +28,7 @@ RANDOM_INIT_SEED = 0
 
 @functools.cache
 def register_model_configs() -> None:
-    """Add this package's small architectures (``pipeline/model_configs/*.json``) to open_clip's registry."""
+    """Add the small architectures in ``pipeline/demo/model_configs/*.json`` to open_clip's registry."""
     open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
@@ -74,7 +74,7 @@ def load_encoder(cfg: EncoderConfig, device: torch.device) -> Encoder:
     if cfg.model not in open_clip.list_models():
         raise InputError(
             f"config key 'encoder.model': unknown open_clip architecture '{cfg.model}' "
-            "(see open_clip.list_models() or pipeline/model_configs)"
+            "(see open_clip.list_models() or pipeline/demo/model_configs)"
         )
     pretrained = cfg.pretrained or None
     if pretrained is not None and is_checkpoint_path(pretrained):

@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Result records to tables (CSV, Markdown, LaTeX) and figures."""

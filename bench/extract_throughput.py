@@ -1,7 +1,7 @@
 """Benchmark: feature-extraction throughput (images/s) of an open_clip image encoder, random init.
 
 Two figures: (a) the encoder forward alone (``pipeline.backbones.encoder.encode_images``) on random
-preprocessed tensors, and (b) end to end from PNG files through ``pipeline.extract``'s ViewDataset and
+preprocessed tensors, and (b) end to end from PNG files through ``pipeline.features.views``' ViewDataset and
 encode_views (decode, center crop + K augmented views, DataLoader, encode) on the demo digits
 dataset, which is built in a temporary folder from scikit-learn's bundled images.
 Prints figures; it is not a test.
@@ -24,14 +24,15 @@ import torch
 from machine import machine_rows  # bench/machine.py: where figures were measured
 from tabulate import tabulate
 
-from pipeline.backbones import Backbone, get_backbone
+from pipeline.backbones.base import Backbone
 from pipeline.backbones.encoder import Encoder, build_train_transform, encode_images, load_encoder
+from pipeline.backbones.zeroshot import ZeroShotCLIP
 from pipeline.core.cli import guarded
 from pipeline.core.config import EncoderConfig, ExtractionConfig, RuntimeConfig
 from pipeline.core.device import resolve_device, set_threads
-from pipeline.data.coop import load_dataset
+from pipeline.data.coop import load_dataset, resolve_image
 from pipeline.demo.datasets import build_demo_dataset
-from pipeline.extract import ViewDataset, encode_views
+from pipeline.features.views import ViewDataset, encode_views
 
 DATASET = "demo_digits"
 SEED = 0
@@ -64,7 +65,7 @@ def time_views(backbone: Backbone, dataset: ViewDataset, runtime: RuntimeConfig,
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        encode_views(backbone, dataset, runtime, "bench")  # (N, V, D)
+        encode_views(backbone.encode_images, dataset, runtime.batch_size, runtime.workers, "bench")
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     encoder = load_encoder(EncoderConfig(model=args.model, pretrained=None), device)
     build_seconds = time.perf_counter() - start
-    backbone = get_backbone("zeroshot")(encoder)
+    backbone = ZeroShotCLIP(encoder, [], [], None, dim=encoder.dim)
     n_params = sum(p.numel() for p in encoder.model.visual.parameters())
 
     print(tabulate(machine_rows(device), tablefmt="plain"))
@@ -124,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.views > 0:
             runs.append((f"(b) from PNG, center + {args.views} views", args.views))
         for label, n_views in runs:
-            dataset = ViewDataset(splits, items, center, augment, n_views, SEED)
+            dataset = ViewDataset([resolve_image(splits, it) for it in items], center, augment, n_views, SEED)
             seconds = time_views(backbone, dataset, runtime, args.repeats)
             n_encoded = len(items) * (1 + n_views)
             rows.append(

@@ -11,79 +11,25 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from pipeline.backbones import Backbone, get_backbone
 from pipeline.backbones.encoder import build_train_transform, load_encoder
+from pipeline.backbones.registry import load_backbone_class
 from pipeline.core.cli import guarded, parse_json_arg, setup_logging
 from pipeline.core.config import EncoderConfig, ExtractionConfig, RuntimeConfig, from_dict
 from pipeline.core.device import resolve_device, set_threads
 from pipeline.core.errors import InputError
-from pipeline.data.coop import DatasetSplits, Item, check_images, load_dataset, resolve_image
+from pipeline.data.coop import check_images, load_dataset, resolve_image
 from pipeline.data.fewshot import read_split_file
-from pipeline.data.images import load_image
 from pipeline.features.cache import write_fewshot_cache, write_test_cache
+from pipeline.features.views import ViewDataset, encode_views
 
 log = logging.getLogger(__name__)
-
-
-class ViewDataset(Dataset):
-    """Images of one split, each returned as (V, 3, H, W): the center view, then K augmented views.
-
-    Every item reseeds torch's RNG from (seed, index), so the augmented views do not depend on the
-    batch size or the number of DataLoader workers (runtime knobs must never change results).
-    """
-
-    def __init__(
-        self,
-        splits: DatasetSplits,
-        items: Sequence[Item],
-        center: Any,
-        augment: Any | None = None,
-        n_views: int = 0,
-        seed: int = 0,
-    ) -> None:
-        self.paths = [resolve_image(splits, item) for item in items]
-        self.center, self.augment, self.n_views, self.seed = center, augment, n_views, seed
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        image = load_image(self.paths[index])
-        views = [self.center(image)]
-        if self.n_views:
-            torch.manual_seed(self.seed * 1_000_003 + index)
-            views += [self.augment(image) for _ in range(self.n_views)]
-        return torch.stack(views)  # (V, 3, H, W)
-
-
-def encode_views(backbone: Backbone, dataset: ViewDataset, runtime: RuntimeConfig, desc: str) -> np.ndarray:
-    """Encode every view of every image: (N, V, D) float32."""
-    loader = DataLoader(
-        dataset,
-        batch_size=max(1, runtime.batch_size // (1 + dataset.n_views)),
-        num_workers=runtime.workers,
-        shuffle=False,
-    )
-    chunks = []
-    for batch in tqdm(loader, desc=desc, disable=not sys.stderr.isatty()):
-        b, v = batch.shape[:2]
-        feats = backbone.image_features(batch.flatten(0, 1))  # (B * V, D)
-        chunks.append(feats.reshape(b, v, -1).numpy())
-    if not chunks:
-        raise InputError(f"{desc}: no images to encode")
-    return np.concatenate(chunks).astype(np.float32)
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -120,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(runtime.device)
 
     splits = load_dataset(args.dataset, args.data_root)
-    backbone_cls = get_backbone(args.backbone)
+    backbone_cls = load_backbone_class(args.backbone)
     attrs = {
         "backbone": args.backbone,
         "dataset": args.dataset,
@@ -131,9 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     if args.kind == "test":
         check_images(splits, splits.test)
-        backbone = backbone_cls(load_encoder(encoder_cfg, device))
-        data = ViewDataset(splits, splits.test, backbone.encoder.preprocess)
-        feats = encode_views(backbone, data, runtime, f"{args.dataset} test")[:, 0]  # (Nt, D)
+        encoder = load_encoder(encoder_cfg, device)
+        backbone = backbone_cls(encoder, splits.classnames, [], None, dim=encoder.dim)
+        data = ViewDataset([resolve_image(splits, it) for it in splits.test], encoder.preprocess)
+        feats = encode_views(backbone.encode_images, data, runtime.batch_size, runtime.workers, "test")[:, 0]
         write_test_cache(
             args.out,
             features=feats,
@@ -149,13 +96,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError("config key 'templates': expected a list of strings")
         fewshot = read_split_file(args.split_file, splits)
         check_images(splits, [*fewshot.train, *fewshot.val])
-        backbone = backbone_cls(load_encoder(encoder_cfg, device))
-        augment = build_train_transform(backbone.encoder, extraction.crop_scale, extraction.hflip)
-        center = backbone.encoder.preprocess
-        train = ViewDataset(splits, fewshot.train, center, augment, extraction.views, args.seed)
-        train_x = encode_views(backbone, train, runtime, f"{args.dataset} train views")  # (N, V, D)
-        val_x = encode_views(backbone, ViewDataset(splits, fewshot.val, center), runtime, "val")[:, 0]
-        text = backbone.text_features(splits.classnames, templates).numpy()  # (C, D)
+        encoder = load_encoder(encoder_cfg, device)
+        backbone = backbone_cls(encoder, splits.classnames, templates, None, dim=encoder.dim)
+        augment = build_train_transform(encoder, extraction.crop_scale, extraction.hflip)
+        center = encoder.preprocess
+        train_paths = [resolve_image(splits, it) for it in fewshot.train]
+        train = ViewDataset(train_paths, center, augment, extraction.views, args.seed)
+        bs, workers = runtime.batch_size, runtime.workers
+        train_x = encode_views(backbone.encode_images, train, bs, workers, "train views")  # (N, V, D)
+        val_data = ViewDataset([resolve_image(splits, it) for it in fewshot.val], center)
+        val_x = encode_views(backbone.encode_images, val_data, bs, workers, "val")[:, 0]
+        text = backbone.class_texts().cpu().numpy()  # (C, D)
         write_fewshot_cache(
             args.out,
             train_x=train_x,

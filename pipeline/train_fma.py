@@ -55,9 +55,10 @@ def build_online_views(args: argparse.Namespace, features: Features, device: tor
             cache's, a backbone whose image encoder is not frozen, or a missing image.
     """
     # Imported here: only online training needs open_clip, images and the backbones.
-    from pipeline.backbones import get_backbone
     from pipeline.backbones.encoder import build_train_transform, load_encoder
+    from pipeline.backbones.registry import get_spec, load_backbone_class
     from pipeline.data.coop import Item, check_images, load_dataset, resolve_image
+    from pipeline.features.views import EpochImages
     from pipeline.methods.fma.online import OnlineViews
 
     if args.data_root is None or args.online_config is None:
@@ -76,8 +77,7 @@ def build_online_views(args: argparse.Namespace, features: Features, device: tor
                 f"{args.fewshot}: cache attribute '{key}' is {features.attrs.get(key)!r} but "
                 f"--online-config encoder.{key} is {want!r}: online views must come from the cache's encoder"
             )
-    backbone_cls = get_backbone(args.backbone)
-    if not backbone_cls.frozen_image_encoder:
+    if not get_spec(args.backbone).frozen_image_encoder:
         raise InputError(f"config key 'fma.online': backbone '{args.backbone}' has a trained image encoder")
     splits = load_dataset(args.dataset, args.data_root)
     items = [
@@ -85,15 +85,14 @@ def build_online_views(args: argparse.Namespace, features: Features, device: tor
         for path, y in zip(features.train_paths, features.train_y, strict=True)
     ]
     check_images(splits, items)
-    backbone = backbone_cls(load_encoder(encoder_cfg, device))
-    transform = build_train_transform(backbone.encoder, extraction.crop_scale, extraction.hflip)
+    encoder = load_encoder(encoder_cfg, device)
+    backbone = load_backbone_class("zeroshot")(encoder, features.classnames, [], None, dim=features.dim)
+    transform = build_train_transform(encoder, extraction.crop_scale, extraction.hflip)
+    images = EpochImages(
+        [resolve_image(splits, item) for item in items], features.train_y, transform, args.seed
+    )
     return OnlineViews(
-        [resolve_image(splits, item) for item in items],
-        backbone,
-        transform,
-        seed=args.seed,
-        batch_size=args.online_batch_size,
-        workers=args.workers,
+        images, backbone.encode_images, batch_size=args.online_batch_size, workers=args.workers
     )
 
 

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from pipeline.backbones import BACKBONES, get_backbone
 from pipeline.backbones.encoder import build_train_transform, encode_images, encode_texts, load_encoder
 from pipeline.core.config import EncoderConfig
 from pipeline.core.errors import InputError
@@ -101,11 +99,3 @@ def test_train_transform_is_random_but_seedable(encoder) -> None:
     c = augment(image)
     assert a.shape == (3, 28, 28)
     assert torch.equal(a, b) and not torch.equal(a, c)
-
-
-def test_registry_matches_schema() -> None:
-    schema = yaml.safe_load((Path(__file__).parents[1] / "workflow/schemas/config.schema.yaml").read_text())
-    assert set(schema["properties"]["backbones"]["items"]["enum"]) == set(BACKBONES)
-    assert get_backbone("zeroshot").frozen_image_encoder
-    with pytest.raises(InputError, match="zeroshot"):
-        get_backbone("coop-typo")

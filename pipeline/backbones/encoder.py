@@ -50,6 +50,11 @@ class Encoder:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    @property
+    def dim(self) -> int:
+        """D, the dimension of the shared image-text space."""
+        return int(self.model.visual.output_dim)
+
 
 def _image_size(model: torch.nn.Module) -> int:
     size = getattr(model.visual, "image_size", 224)

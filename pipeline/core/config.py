@@ -54,7 +54,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise InputError(f"config key '{key}': expected a mapping, got {type(value).__name__}")
-        return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+        return {_dict_key(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"config key '{key}': expected a number, got {value!r}")
@@ -72,6 +72,16 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise InputError(f"config key '{key}': expected a string, got {value!r}")
         return value
     return value
+
+
+def _dict_key(k: Any, annotation: Any, key: str) -> Any:
+    """A mapping key as its annotated type: JSON and YAML round trips turn integer keys into strings."""
+    if annotation is int:
+        try:
+            return int(k)
+        except (TypeError, ValueError):
+            raise InputError(f"config key '{key}': key {k!r} is not an integer") from None
+    return str(k)
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -100,7 +110,15 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
                 kwargs[name] = from_dict(annotation, data[name], f"{prefix}{name}.")
             else:
                 kwargs[name] = _coerce(data[name], annotation, f"{prefix}{name}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except InputError as err:
+        # __post_init__ checks name the bare field; give the full key path.
+        message = str(err)
+        bare = "config key '"
+        if prefix and message.startswith(bare) and not message.startswith(bare + prefix):
+            message = bare + prefix + message[len(bare) :]
+        raise InputError(message) from None
 
 
 @dataclass(frozen=True)

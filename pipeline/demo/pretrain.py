@@ -29,6 +29,7 @@ from tqdm import tqdm
 from pipeline.backbones.encoder import Encoder, encode_images, encode_texts, register_model_configs
 from pipeline.core.atomic import atomic_path
 from pipeline.core.errors import InputError
+from pipeline.core.schedule import warmup_cosine_lr
 from pipeline.data.catalog import get_dataset_info
 from pipeline.data.coop import load_dataset, resolve_image
 from pipeline.data.images import load_image
@@ -253,14 +254,6 @@ def downscale_blur(
     return out.clamp(0.0, 1.0)
 
 
-def get_lr(step: int, cfg: PretrainConfig) -> float:
-    """Linear warm-up to ``cfg.lr`` over ``warmup_steps``, then cosine decay to 0 at ``steps``."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * progress))
-
-
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """CLIP's split: decay on weight matrices; none on gains, biases, other rank < 2 tensors, logit_scale."""
     decay, no_decay = [], []
@@ -366,7 +359,7 @@ def pretrain(
                 images = downscale_blur(images, cfg.blur_sizes, cfg.blur_prob, generator)
         images = _model_input(images.to(device), size, mean, std)  # (B, 3, S, S)
 
-        lr = get_lr(step, cfg)
+        lr = warmup_cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         image_features = model.encode_image(images, normalize=True)  # (B, D)

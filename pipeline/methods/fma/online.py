@@ -3,77 +3,43 @@
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from torch.utils.data import DataLoader
 
-from pipeline.backbones.base import Backbone
-from pipeline.data.images import load_image
+from pipeline.features.views import EpochImages
 from pipeline.methods.fma.trainer import compute_sigma2
 
 log = logging.getLogger(__name__)
-
-_SEED_STRIDE = 1_000_003  # the same stride as pipeline.extract.ViewDataset
-
-
-def online_view_seed(seed: int, epoch: int, index: int) -> int:
-    """The torch seed of image ``index``'s augmentation in ``epoch``: one per item, as ``ViewDataset``
-    does, so the views depend on neither the batch size nor the number of workers."""
-    return ((seed * _SEED_STRIDE + epoch) * _SEED_STRIDE + index) % 2**63
-
-
-class _EpochImages(Dataset):
-    """The training images of one epoch, each one augmentation, seeded per (seed, epoch, index)."""
-
-    def __init__(self, paths: Sequence[Path], transform: Callable[[Any], torch.Tensor], seed: int) -> None:
-        self.paths, self.transform, self.seed = list(paths), transform, seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        image = load_image(self.paths[index])
-        torch.manual_seed(online_view_seed(self.seed, self.epoch, index))
-        return self.transform(image)  # (3, H, W)
 
 
 class OnlineViews:
     """A ``ViewSource`` (see ``pipeline.methods.fma.trainer``) that encodes fresh augmentations each epoch.
 
     The official FMA code's way of training: at the start of every epoch each of the N training
-    images is decoded, augmented once (``transform``, e.g. ``build_train_transform``) and encoded by
-    the frozen ``backbone`` under ``torch.no_grad``. The time spent is summed in ``encode_seconds``.
-    sigma^2 (noise augmentation) is the per-dimension variance of epoch 0's features.
+    images is decoded, augmented once (``images``, seeded per epoch and image) and encoded by the
+    frozen backbone under ``torch.no_grad``. The time spent is summed in ``encode_seconds``.
+    sigma^2 (noise augmentation) is estimated from epoch 0's features.
 
     Args:
-        paths: the N image files, in the order of the trainer's labels.
-        backbone: the stage-1 backbone whose ``image_features`` gives x0 (its encoder's device).
-        transform: PIL image -> (3, H, W) augmented, normalised tensor.
-        seed: the run's seed; image ``i`` in epoch ``e`` uses ``online_view_seed(seed, e, i)``.
+        images: the N training images in the order of the trainer's labels, one view per epoch.
+        encode: (B, 3, H, W) -> (B, D) L2-normalised features, e.g. ``Backbone.encode_images``.
         batch_size: images per encoder batch (a runtime knob: results do not depend on it).
         workers: DataLoader workers for decoding (a runtime knob too).
     """
 
     def __init__(
         self,
-        paths: Sequence[str | os.PathLike],
-        backbone: Backbone,
-        transform: Callable[[Any], torch.Tensor],
-        seed: int,
+        images: EpochImages,
+        encode: Callable[[torch.Tensor], torch.Tensor],
         batch_size: int = 256,
         workers: int = 0,
     ) -> None:
-        assert len(paths) > 0 and batch_size > 0
-        self.images = _EpochImages([Path(p) for p in paths], transform, seed)
-        self.backbone, self.batch_size, self.workers = backbone, batch_size, workers
+        assert len(images) > 0 and batch_size > 0
+        self.images, self.encode = images, encode
+        self.batch_size, self.workers = batch_size, workers
         self.encode_seconds = 0.0
         self._epoch: int | None = None
         self._x: torch.Tensor | None = None  # (N, D) features of epoch self._epoch
@@ -94,10 +60,8 @@ class OnlineViews:
         start = time.perf_counter()
         chunks = []
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            for batch in tqdm(
-                loader, desc=f"encode epoch {epoch}", leave=False, disable=not sys.stderr.isatty()
-            ):
-                chunks.append(self.backbone.image_features(batch).float().cpu())  # (B, D)
+            for batch, _ in loader:
+                chunks.append(self.encode(batch).float().cpu())  # (B, D)
         seconds = time.perf_counter() - start
         self.encode_seconds += seconds
         log.debug("epoch %d: encoded %d images in %.2fs", epoch, len(self), seconds)

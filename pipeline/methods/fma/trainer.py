@@ -14,26 +14,14 @@ from tqdm import tqdm
 from pipeline.core.config import FMAConfig
 from pipeline.core.device import autocast
 from pipeline.core.errors import InputError
+from pipeline.core.schedule import warmup_cosine_lr
 from pipeline.features.cache import Features
 from pipeline.methods.fma.path import FlowPath, couple
 from pipeline.methods.fma.velocity import VelocityNet, load_velocity
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CachedViews", "ViewSource", "compute_sigma2", "get_lr", "load_velocity", "train_velocity"]
-
-
-def get_lr(step: int, base_lr: float, warmup_steps: int, total_steps: int) -> float:
-    """Learning rate at optimizer step ``step`` (0-based).
-
-    Linear warm-up lr (step + 1) / W for the first W steps, then cosine decay
-    lr (1 + cos(pi (step - W) / (T - W))) / 2, which reaches 0 at step T.
-    """
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
+__all__ = ["CachedViews", "ViewSource", "compute_sigma2", "load_velocity", "train_velocity"]
 
 
 def compute_sigma2(train_x: torch.Tensor) -> torch.Tensor:
@@ -127,7 +115,7 @@ def train_velocity(
     ``pipeline.methods.fma.online.OnlineViews`` a freshly encoded augmentation (the official code's way; the
     encoding time counts as training time). Per sample t ~ U(0, 1), z from the coupling, (x_t, u_t) from the
     path (``FlowPath``), and the loss is E ||u_theta(x_t, t) - u_t||^2, summed over dimensions and
-    averaged over the batch. AdamW with ``get_lr`` per step. On CUDA the forward pass runs under
+    averaged over the batch. AdamW with ``warmup_cosine_lr`` per step. On CUDA the forward pass runs under
     float16 autocast with a GradScaler; on CPU everything stays float32, so the same config, seed
     and device give the same numbers.
 
@@ -195,7 +183,7 @@ def train_velocity(
             t = torch.rand(idx.shape[0], generator=gen).to(device)  # (B,)
             xt, ut = path.sample(x0, z, t, gen)  # (B, D), (B, D)
 
-            lr = get_lr(step, cfg.lr, warmup_steps, total_steps)
+            lr = warmup_cosine_lr(step, cfg.lr, warmup_steps, total_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             with autocast(device):

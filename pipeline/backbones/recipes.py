@@ -1,0 +1,131 @@
+"""Training recipes of the stage-1 backbones: one frozen dataclass per backbone, no torch.
+
+The defaults are each method's published ViT-B/16 recipe (docs/backbones.md gives the sources); a
+config section ``backbone_config.<name>`` overrides any field, and ``preset: cpu``
+(``workflow/presets/cpu.yaml``) shrinks the schedules for the CPU demo.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from pipeline.core.errors import InputError
+
+OPTIMIZERS = ("sgd", "adamw")
+WARMUPS = ("constant", "linear")
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """What every trained backbone's optimisation shares (``pipeline.backbones.training.fit``).
+
+    The schedule runs ``epochs`` passes over the N few-shot images (from ``epochs_by_shots`` and
+    ``epochs_by_dataset``) or, when ``iterations_per_shot`` is set, that many steps per shot.
+    Warm-up: ``warmup_epochs`` at the constant ``warmup_lr`` (CoOp's) or a linear ramp to ``lr``;
+    then cosine decay from ``lr`` to ``min_lr``.
+    """
+
+    optimizer: str = "sgd"
+    lr: float = 0.002
+    momentum: float = 0.9  # SGD only
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
+    weight_decay: float = 5e-4
+    batch_size: int = 32
+    # Epochs by number of shots: the entry of the largest key <= shot (CoOp's table).
+    epochs_by_shots: dict[int, int] = field(default_factory=lambda: {1: 50, 2: 100, 4: 100, 8: 200, 16: 200})
+    epochs_by_dataset: dict[str, int] = field(default_factory=lambda: {"imagenet": 50})  # wins over shots
+    iterations_per_shot: int | None = None  # CLIP-LoRA: 500 x shots steps instead of epochs
+    warmup_epochs: int = 1
+    warmup: str = "constant"
+    warmup_lr: float = 1e-5
+    min_lr: float = 0.0
+    # Prompt templates replacing the dataset's (CLIP-LoRA uses one template everywhere); None = dataset's.
+    templates: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(
+                f"config key 'optimizer': unknown value {self.optimizer!r} (choose from sgd, adamw)"
+            )
+        if self.warmup not in WARMUPS:
+            raise InputError(
+                f"config key 'warmup': unknown value {self.warmup!r} (choose from constant, linear)"
+            )
+        for key in ("lr", "batch_size"):
+            if not getattr(self, key) > 0:
+                raise InputError(f"config key '{key}': must be > 0, got {getattr(self, key)}")
+        if not self.epochs_by_shots and self.iterations_per_shot is None:
+            raise InputError("config key 'epochs_by_shots': give at least one entry")
+        if self.templates is not None and not all("{}" in t for t in self.templates):
+            raise InputError("config key 'templates': every template needs a '{}' for the class name")
+
+
+def schedule_length(recipe: TrainRecipe, dataset: str, shot: int) -> dict[str, int]:
+    """``{"epochs": E}`` or ``{"iterations": I}`` for one (dataset, shot)."""
+    if recipe.iterations_per_shot is not None:
+        return {"iterations": recipe.iterations_per_shot * shot}
+    if dataset in recipe.epochs_by_dataset:
+        return {"epochs": recipe.epochs_by_dataset[dataset]}
+    eligible = [k for k in recipe.epochs_by_shots if int(k) <= shot]
+    key = max(eligible) if eligible else min(recipe.epochs_by_shots)
+    return {"epochs": recipe.epochs_by_shots[key]}
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_images / batch_size))
+
+
+@dataclass(frozen=True)
+class CoOp(TrainRecipe):
+    """CoOp (Zhou et al., IJCV 2022): learned context tokens shared by all classes, class token last."""
+
+    n_ctx: int = 16
+    ctx_init_std: float = 0.02
+
+
+@dataclass(frozen=True)
+class CoCoOp(TrainRecipe):
+    """CoCoOp (Zhou et al., CVPR 2022): context from "a photo of a" plus a meta-net shift per image."""
+
+    ctx_init: str = "a photo of a"
+    meta_reduction: int = 16  # meta-net hidden width = D / meta_reduction
+    batch_size: int = 1
+    epochs_by_shots: dict[int, int] = field(default_factory=lambda: {1: 10})
+    epochs_by_dataset: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CLIPAdapter(TrainRecipe):
+    """CLIP-Adapter (Gao et al., IJCV 2023): f' = (1 - ratio) f + ratio A(f) on the image feature."""
+
+    reduction: int = 4  # A's hidden width = D / reduction
+    ratio: float = 0.2
+    epochs_by_shots: dict[int, int] = field(default_factory=lambda: {1: 200})
+    epochs_by_dataset: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CLIPLoRA(TrainRecipe):
+    """CLIP-LoRA (Zanella and Ben Ayed, CVPRW 2024): LoRA on q, k, v of every attention block."""
+
+    rank: int = 2
+    alpha: float = 1.0
+    dropout: float = 0.25
+    encoders: str = "both"  # "vision" | "text" | "both"
+    optimizer: str = "adamw"
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    iterations_per_shot: int | None = 500
+    warmup_epochs: int = 0
+    min_lr: float = 1e-6
+    templates: tuple[str, ...] | None = ("a photo of a {}.",)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.encoders not in ("vision", "text", "both"):
+            raise InputError(
+                f"config key 'encoders': unknown value {self.encoders!r} (choose from vision, text, both)"
+            )
+        if self.rank < 1:
+            raise InputError(f"config key 'rank': must be >= 1, got {self.rank}")

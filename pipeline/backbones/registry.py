@@ -1,0 +1,163 @@
+"""Stage-1 backbones by name: what each one changes, whether it trains, which caches it reuses.
+
+This module imports no torch, so the workflow reads it at parse time. The workflow derives every
+per-backbone decision from these lines, with no per-backbone code:
+
+* a ``fit_backbone`` job runs first when ``trains``;
+* test features are extracted once per dataset when the image encoder is frozen (``changes`` is
+  ``none`` or ``text``), else once per (dataset, shot, seed);
+* with ``reuses`` set, the backbone starts from that backbone's caches and never runs the image
+  encoder: it trains on the cached views and its extraction transforms cached features.
+
+Adding a backbone is one module (a ``Backbone`` subclass exported as ``BACKBONE``), one line in
+``_SPECS`` and, when it has hyperparameters, its config dataclass (``pipeline.backbones.recipes``).
+See ``docs/backbones.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.backbones import recipes
+from pipeline.core.errors import InputError
+
+CHANGES = ("none", "text", "image", "both")  # which side of the shared space a backbone changes
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry line.
+
+    Attributes:
+        name: registry name, used in the config, in paths and in result records.
+        label: display name in tables.
+        module: import path of the module whose ``BACKBONE`` attribute is the ``Backbone`` class.
+        changes: ``none`` (zero-shot CLIP), ``text`` (prompt learning), ``image`` (adapters on the
+            image feature, fine-tuned vision blocks) or ``both`` (LoRA in both encoders).
+        trains: whether a ``fit_backbone`` job trains it on the few-shot images first.
+        reuses: the backbone whose caches it starts from instead of running the image encoder
+            (``None``: it encodes images itself).
+        per_image_text: class texts depend on the image (CoCoOp): stage 2 computes them on the fly
+            from the untransported image feature instead of reading one (C, D) matrix.
+        config: the dataclass of its config section (``backbone_config.<name>``), or ``None``.
+    """
+
+    name: str
+    label: str
+    module: str
+    changes: str
+    trains: bool
+    reuses: str | None = None
+    per_image_text: bool = False
+    config: type | None = None
+
+    def __post_init__(self) -> None:
+        assert self.changes in CHANGES, self.changes
+        assert not (self.reuses and self.changes == "both"), "a backbone that changes both encoders encodes"
+
+    @property
+    def frozen_image_encoder(self) -> bool:
+        """Its test image features equal its image source's for every shot and seed."""
+        return self.changes in ("none", "text")
+
+    @property
+    def encodes_images(self) -> bool:
+        """Its extraction runs the image encoder (else it transforms a reused cache)."""
+        return self.reuses is None
+
+    @property
+    def fit_input(self) -> str:
+        """What ``fit_backbone`` trains on: ``"features"`` (the reused cache's views) or ``"images"``."""
+        return "features" if self.reuses else "images"
+
+
+_SPECS = (
+    BackboneSpec("zeroshot", "Zero-shot CLIP", "pipeline.backbones.zeroshot", "none", trains=False),
+    BackboneSpec("coop", "CoOp", "pipeline.backbones.coop", "text", True, "zeroshot", config=recipes.CoOp),
+    BackboneSpec(
+        "cocoop", "CoCoOp", "pipeline.backbones.cocoop", "text", True, "zeroshot", True, recipes.CoCoOp
+    ),
+    BackboneSpec(
+        "clip_adapter",
+        "CLIP-Adapter",
+        "pipeline.backbones.clip_adapter",
+        "image",
+        True,
+        "zeroshot",
+        config=recipes.CLIPAdapter,
+    ),  # fmt: skip
+    BackboneSpec(
+        "clip_lora", "CLIP-LoRA", "pipeline.backbones.clip_lora", "both", True, config=recipes.CLIPLoRA
+    ),
+)
+BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def list_backbones() -> list[str]:
+    """Every registered backbone name, in registry order."""
+    return list(BACKBONES)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The registry line of ``name``.
+
+    Raises:
+        InputError: an unknown name; the message lists the valid ones.
+    """
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise InputError(f"unknown backbone '{name}' (choose from {', '.join(BACKBONES)})") from None
+
+
+def image_source(name: str) -> str:
+    """The backbone whose test cache ``name`` reads: itself, or the end of its ``reuses`` chain
+    while the image encoder stays frozen (CoOp reads zero-shot CLIP's)."""
+    spec = get_spec(name)
+    while spec.frozen_image_encoder and spec.reuses is not None:
+        spec = get_spec(spec.reuses)
+    return spec.name
+
+
+def build_config(name: str, section: dict[str, Any] | None) -> Any:
+    """The frozen config of backbone ``name`` from its ``backbone_config`` section (defaults filled).
+
+    Raises:
+        InputError: keys for a backbone without a config, an unknown key or a wrong type (named).
+    """
+    spec = get_spec(name)
+    if spec.config is None:
+        if section:
+            raise InputError(f"config key 'backbone_config.{name}': backbone '{name}' takes no settings")
+        return None
+    from pipeline.core.config import from_dict  # torch-free
+
+    return from_dict(spec.config, section or {}, prefix=f"backbone_config.{name}.")
+
+
+def resolved_recipe(name: str, section: dict[str, Any] | None, dataset: str, shot: int) -> dict[str, Any]:
+    """The config slice one ``fit_backbone`` job depends on: the section with its per-dataset and
+    per-shot schedule resolved to this (dataset, shot), so a change elsewhere reruns nothing here."""
+    cfg = build_config(name, section)
+    if cfg is None:
+        return {}
+    out = dataclasses.asdict(cfg)
+    if isinstance(cfg, recipes.TrainRecipe):
+        out.update(recipes.schedule_length(cfg, dataset, shot))
+        for key in ("epochs_by_shots", "epochs_by_dataset"):
+            out.pop(key, None)
+    return out
+
+
+def load_backbone_class(name: str) -> type:
+    """Import the module of backbone ``name`` and return its ``BACKBONE`` class (imports torch)."""
+    import importlib
+
+    spec = get_spec(name)
+    module = importlib.import_module(spec.module)
+    cls = getattr(module, "BACKBONE", None)
+    if cls is None or getattr(cls, "name", None) != name:
+        raise InputError(f"{spec.module}: expected a BACKBONE class named '{name}'")
+    return cls

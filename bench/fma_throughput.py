@@ -79,7 +79,7 @@ def time_training(features: Features, cfg: FMAConfig, device: torch.device, repe
     warm_features = dataclasses.replace(
         features, train_x=features.train_x[:n_warm], train_y=features.train_y[:n_warm]
     )
-    warm = FMAConfig(blocks=cfg.blocks, batch_size=cfg.batch_size, epochs=1, warmup_epochs=0)
+    warm = dataclasses.replace(cfg, epochs=1, warmup_epochs=0)
     train_velocity(warm_features, warm, seed=SEED, device=device)
     times = []
     for _ in range(repeats):
@@ -130,6 +130,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dim", type=int, default=512, help="feature dim D (512: ViT-B/16, 128: demo)")
     p.add_argument("--blocks", type=int, default=6, help="adaLN blocks of the velocity net")
+    p.add_argument(
+        "--noise",
+        default="paper",
+        choices=("none", "paper", "interpolant"),
+        help="fma.noise of the timed runs",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="training batch size (FMA default 32)")
     p.add_argument(
         "--sweep", type=_batch_list, help="comma-separated batch sizes to run instead, e.g. 32,256,1024"
@@ -156,8 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(tabulate(machine_rows(device), tablefmt="plain"))
     print(
-        f"\nFMA velocity net: D={args.dim}, blocks={args.blocks}, N={args.n_train}, V={args.views}, "
-        f"C={args.classes}, {args.epochs} epoch(s) per timed call, best of {args.repeats}"
+        f"\nFMA velocity net: D={args.dim}, blocks={args.blocks}, noise={args.noise}, N={args.n_train}, "
+        f"V={args.views}, C={args.classes}, {args.epochs} epoch(s) per timed call, best of {args.repeats}"
     )
     print(
         f"Linear FLOPs per sample: forward {flops_fwd / 1e6:.2f} MFLOP, "
@@ -167,7 +173,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Machine reference: square {PEAK_SIZE} x {PEAK_SIZE} float32 matmul runs at {peak:.1f} GFLOP/s\n")
     rows = []
     for batch_size in args.sweep or [args.batch_size]:
-        cfg = FMAConfig(blocks=args.blocks, batch_size=batch_size, epochs=args.epochs, warmup_epochs=1)
+        # All V cached views (train_views null), as a run with cached augmentations draws them.
+        cfg = FMAConfig(
+            blocks=args.blocks,
+            noise=args.noise,
+            batch_size=batch_size,
+            epochs=args.epochs,
+            warmup_epochs=1,
+            train_views=None,
+        )
         seconds = time_training(features, cfg, device, args.repeats)
         samples = args.n_train * args.epochs
         steps = args.epochs * math.ceil(args.n_train / batch_size)

@@ -1,24 +1,25 @@
-"""Stage 2, FMA: train a velocity net on one few-shot cache, pick M on val, report test accuracy per step."""
+"""Stage 2, FMA: train a velocity net on one few-shot cache, choose M, write its record and checkpoint."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import time
 from pathlib import Path
 
 import torch
 
-from pipeline.core.atomic import write_json
 from pipeline.core.cli import add_cache_arguments, guarded, load_cached_run, parse_json_object, setup_logging
 from pipeline.core.config import EncoderConfig, ExtractionConfig, FMAConfig, from_dict
 from pipeline.core.device import resolve_device, set_threads
 from pipeline.core.errors import InputError
 from pipeline.features.cache import Features
-from pipeline.methods.fma.solver import evaluate_steps, mean_pairwise_cosine, select_m
+from pipeline.features.texts import ClassTexts, ImageConditionedTexts, StaticTexts
+from pipeline.methods.fma.checkpoint import save_velocity
+from pipeline.methods.fma.evaluate import cv_select_m, evaluate_fma, fma_record
+from pipeline.methods.fma.solver import mean_pairwise_cosine
 from pipeline.methods.fma.trainer import CachedViews, ViewSource, train_velocity
-from pipeline.methods.fma.velocity import save_velocity
+from pipeline.report.records import write_record
 
 log = logging.getLogger("pipeline.train_fma")
 
@@ -28,7 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_arguments(parser)
     parser.add_argument("--config", default="{}", help="JSON of the fma config slice (FMAConfig)")
     parser.add_argument(
-        "--variant", default=None, help="ablation variant name, recorded as 'variant' in the metrics"
+        "--backbone-state",
+        type=Path,
+        default=None,
+        help="the trained backbone (fit_backbone's .pt): required when the cache holds per-image texts",
+    )
+    parser.add_argument(
+        "--variant", default=None, help="ablation variant name, recorded as the record's 'variant'"
     )
     online = parser.add_argument_group("online views (fma.online = true)")
     online.add_argument("--data-root", type=Path, default=None, help="folder holding the dataset's images")
@@ -41,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     online.add_argument("--workers", type=int, default=0, help="DataLoader workers for image decoding")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    parser.add_argument("--metrics", required=True, help="output metrics JSON")
+    parser.add_argument(
+        "--metrics", required=True, help="output result record JSON (pipeline.report.records)"
+    )
     parser.add_argument("--checkpoint", required=True, help="output velocity-net checkpoint (.pt)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
@@ -96,6 +105,30 @@ def build_online_views(args: argparse.Namespace, features: Features, device: tor
     )
 
 
+def class_texts_for(args: argparse.Namespace, features: Features, device: torch.device) -> ClassTexts:
+    """The class-text provider FMA classifies with (docs/methods.md, Eq. (F10)).
+
+    A static cache gives its (C, D) class texts. A per-image-text cache (CoCoOp) stores only each
+    training view's own-class text; every other image's texts are computed on the fly from its
+    untransported feature x0 by the trained backbone in ``--backbone-state`` (docs/backbones.md).
+
+    Raises:
+        InputError: a per-image-text cache without ``--backbone-state``, or a state trained for
+            another run or set of classes.
+    """
+    if features.text is not None:
+        return StaticTexts(features.text)
+    if args.backbone_state is None:
+        raise InputError(f"{args.fewshot}: the cache holds per-image class texts: pass --backbone-state")
+    from pipeline.backbones.loading import load_trained_backbone  # open_clip only for this case
+
+    expect = {
+        "backbone": args.backbone, "dataset": args.dataset, "shot": args.shot, "seed": args.seed,
+        "classnames": list(features.classnames),
+    }  # fmt: skip
+    return ImageConditionedTexts(load_trained_backbone(args.backbone_state, device, expect))
+
+
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -112,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(y) == 0:
             path = args.test if name == "test" else args.fewshot
             raise InputError(f"{path}: the '{name}' split is empty")
+    texts = class_texts_for(args, features, device)
 
     if cfg.online:
         views = build_online_views(args, features, device)
@@ -123,65 +157,42 @@ def main(argv: list[str] | None = None) -> int:
                 f"config key 'fma.train_views': {cfg.train_views} views asked for, but {args.fewshot} "
                 f"holds {cached} augmented views per image"
             )
-        views = CachedViews(features.train_x, cfg.train_views, device)
+        views = CachedViews(
+            features.train_x, cfg.train_views, device, targets=getattr(features, "train_targets", None)
+        )
         train_views = views.n_views - 1
     start = time.perf_counter()  # includes online encoding: the ablation compares wall times
-    net, history = train_velocity(features, cfg, seed=args.seed, device=device, views=views)
-    train_seconds = time.perf_counter() - start
+    fit = train_velocity(features, cfg, seed=args.seed, device=device, views=views)
+    timing = {"train_seconds": time.perf_counter() - start, "online_encode_seconds": views.encode_seconds}
     if cfg.online:
-        log.info("online views: %.1fs of %.1fs training spent encoding", views.encode_seconds, train_seconds)
+        log.info("online views: %.1fs of %.1fs training spent encoding", *timing.values())
 
-    text = torch.as_tensor(features.text).to(device)
-    curves = {}
-    for split in ("val", "test"):
-        x0 = torch.as_tensor(getattr(features, f"{split}_x")).to(device)
-        y = torch.as_tensor(getattr(features, f"{split}_y")).to(device)
-        curves[split] = evaluate_steps(net, x0, y, text, cfg.step_size, cfg.max_steps)
-    val_acc, val_dist = curves["val"]
-    test_acc, test_dist = curves["test"]
-    m = select_m(val_acc)
-    oracle_m = select_m(test_acc)  # diagnostic only: chosen on test (what the official code did)
-    log.info(
-        "selected M=%d on val (val %.2f%%, test %.2f%%); zero-shot test %.2f%%; oracle M=%d (test %.2f%%)",
-        m, val_acc[m], test_acc[m], test_acc[0], oracle_m, test_acc[oracle_m],
-    )  # fmt: skip
+    cv = cv_select_m(features, cfg, args.seed, texts, device) if cfg.cv_folds else None
+    if cv is not None:
+        timing["cv_seconds"] = cv.seconds
+    start = time.perf_counter()
+    evaluation = evaluate_fma(fit.net, features, cfg, texts, device, cv=cv)
+    timing["eval_seconds"] = time.perf_counter() - start
 
-    metrics = {
-        "method": "fma",
-        "backbone": args.backbone,
-        "dataset": args.dataset,
-        "shot": args.shot,
-        "seed": args.seed,
-        "steps": list(range(cfg.max_steps + 1)),
-        "val_acc": val_acc,
-        "test_acc": test_acc,
-        "val_dist": val_dist,
-        "test_dist": test_dist,
-        "selected_m": m,
-        "val_acc_at_m": val_acc[m],
-        "test_acc_at_m": test_acc[m],
-        "zero_shot_test_acc": test_acc[0],
-        "text_mean_cosine": mean_pairwise_cosine(features.text),
-        "oracle_m": oracle_m,
-        "oracle_test_acc": test_acc[oracle_m],
-        "train_seconds": train_seconds,
-        "final_loss": history[-1] if history else None,
-        "loss_history": history,
+    info = {
+        **fit.info,
         "n_train": len(features.train_y),
         "n_val": len(features.val_y),
         "n_test": len(features.test_y),
         "n_views": int(features.attrs.get("n_views", features.train_x.shape[1] - 1)),
         "train_views": train_views,  # augmented cached views drawn from; null when online
         "online": cfg.online,
-        "online_encode_seconds": views.encode_seconds,
-        "config": dataclasses.asdict(cfg),
+        "text_mean_cosine": None if features.text is None else mean_pairwise_cosine(features.text),
         "device": str(device),
     }
-    if args.variant is not None:
-        metrics["variant"] = args.variant
-    # Checkpoint first: the metrics file is the rule's completion marker.
-    save_velocity(args.checkpoint, net, cfg, m)
-    write_json(args.metrics, metrics)
+    run = {"backbone": args.backbone, "dataset": args.dataset, "shot": args.shot, "seed": args.seed}
+    record = fma_record(
+        run=run, cfg=cfg, evaluation=evaluation, history=fit.history, timing=timing, info=info,
+        variant=args.variant,
+    )  # fmt: skip
+    # Checkpoint first: the record is the rule's completion marker.
+    save_velocity(args.checkpoint, fit.net, cfg, evaluation.m)
+    write_record(args.metrics, record)
     log.info("wrote %s and %s", args.metrics, args.checkpoint)
     return 0
 

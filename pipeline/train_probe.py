@@ -9,11 +9,11 @@ from dataclasses import asdict
 
 from threadpoolctl import threadpool_limits
 
-from pipeline.core.atomic import write_json
 from pipeline.core.cli import add_cache_arguments, guarded, load_cached_run, parse_json_arg, setup_logging
 from pipeline.core.config import ProbeConfig, from_dict
 from pipeline.core.errors import InputError
 from pipeline.methods.linear_probe import evaluate, fit_probe
+from pipeline.report.records import Result, build_record, write_record
 
 log = logging.getLogger("pipeline.train_probe")
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_cache_arguments(p)
     p.add_argument("--config", default="{}", help="JSON: the probe config slice (ProbeConfig)")
     p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads")
-    p.add_argument("--out", required=True, help="result JSON")
+    p.add_argument("--out", required=True, help="result record (JSON)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -53,26 +53,23 @@ def main(argv: list[str] | None = None) -> int:
         train_seconds = time.perf_counter() - start
         test_acc = evaluate(result.classifier, feats.test_x, feats.test_y)
     log.info("C=%.4g val %.2f%% test %.2f%% (%.1f s)", result.C, result.val_acc, test_acc, train_seconds)
-    write_json(
-        args.out,
-        {
-            "method": "linear_probe",
-            "backbone": args.backbone,
-            "dataset": args.dataset,
-            "shot": args.shot,
-            "seed": args.seed,
-            "C": result.C,
-            "val_acc": result.val_acc,
-            "test_acc": test_acc,
-            "train_seconds": train_seconds,
+    run = {"backbone": args.backbone, "dataset": args.dataset, "shot": args.shot, "seed": args.seed}
+    probe = Result("linear_probe", "linear probe", "primary", test_acc, result.val_acc, info={"C": result.C})
+    record = build_record(
+        stage="linear_probe",
+        run=run,
+        results=[probe],
+        config=asdict(cfg),
+        timing={"train_seconds": train_seconds},
+        info={
             "n_train": len(feats.train_y),
             "n_val": len(feats.val_y),
             "n_test": len(feats.test_y),
             "converged": result.converged,
             "search": [list(h) for h in result.history],
-            "config": asdict(cfg),
         },
     )
+    write_record(args.out, record)
     log.info("wrote %s", args.out)
     return 0
 

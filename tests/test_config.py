@@ -10,7 +10,9 @@ from pipeline.core.errors import InputError
 
 def test_from_dict_fills_defaults_and_coerces_ints_to_floats() -> None:
     cfg = from_dict(FMAConfig, {"lr": 1, "blocks": 12})
-    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.blocks == 12 and cfg.epochs == 200
+    assert (
+        cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.blocks == 12 and cfg.epochs == FMAConfig().epochs
+    )
     assert from_dict(ExtractionConfig, {"crop_scale": [0.5, 1]}).crop_scale == (0.5, 1.0)
     assert from_dict(EncoderConfig, {"model": "x", "pretrained": None}).pretrained is None
     assert (cfg.train_views, cfg.online) == (None, False)  # the defaults keep earlier behaviour

@@ -34,7 +34,7 @@ def error_lines(capsys: pytest.CaptureFixture) -> list[str]:
 
 def run(demo: Path, out: Path, kind: str, *extra: str, views: int = 2) -> int:
     config = {"encoder": ENCODER}
-    args = ["--kind", kind, "--backbone", "zeroshot", "--dataset", "demo_digits", "--data-root", str(demo)]
+    args = ["--backbone", "zeroshot", "--dataset", "demo_digits", "--data-root", str(demo)]
     if kind == "fewshot":
         config |= {"extraction": {"views": views}, "templates": TEMPLATES}
         args += ["--split-file", str(demo / "split.json"), "--shot", "2", "--seed", "1"]
@@ -99,8 +99,6 @@ def test_bad_config_type_names_the_key(demo: Path, tmp_path: Path, capsys: pytes
     bad = {"encoder": ENCODER, "extraction": {"views": "four"}, "templates": TEMPLATES}
     code = main(
         [
-            "--kind",
-            "fewshot",
             "--backbone",
             "zeroshot",
             "--dataset",

@@ -1,13 +1,17 @@
+"""Euler solver, cosine classification (shared and per-image texts), per-step metrics, choice of M."""
+
 import numpy as np
 import pytest
 import torch
 
+from pipeline.features.texts import StaticTexts
+from pipeline.methods.fma.evaluate import step_curves
 from pipeline.methods.fma.solver import (
     accuracy_per_step,
     classify,
     distance_per_step,
     euler_trajectory,
-    evaluate_steps,
+    own_text,
     select_m,
 )
 
@@ -50,6 +54,17 @@ def test_classify_uses_cosine():
     assert classify(x, text).tolist() == [0, 1, 1]
 
 
+def test_classify_with_per_image_texts():
+    x = torch.tensor([[1.0, 0.1], [1.0, 0.1]])
+    text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    per_image = torch.stack([text, text.flip(0)])  # (2, C, D): image 1 sees the classes swapped
+    assert classify(x, per_image).tolist() == [0, 1]
+    assert classify(x, text).tolist() == [0, 0]
+    y = torch.tensor([1, 0])
+    assert torch.equal(own_text(per_image, y), torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+    assert torch.equal(own_text(text, y), text[y])
+
+
 def test_accuracy_and_distance_per_step():
     text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     x0 = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
@@ -63,24 +78,9 @@ def test_accuracy_and_distance_per_step():
     expected = [(1 - 0.25 * m) * (3 * 2**0.5 + 0) / 4 for m in range(5)]
     assert all(abs(a - b) < 1e-6 for a, b in zip(dist, expected, strict=True))
     # the streamed evaluation gives the same numbers
-    acc2, dist2 = evaluate_steps(lambda x, t: text[y[: len(x)]] - x0[: len(x)], x0, y, text, 0.25, 4)
-    assert acc2 == acc
-    assert all(abs(a - b) < 1e-6 for a, b in zip(dist2, dist, strict=True))
-
-
-def test_evaluate_steps_in_batches_matches_full():
-    g = torch.Generator().manual_seed(0)
-    x0, text = torch.randn(50, 6, generator=g), torch.randn(5, 6, generator=g)
-    y = torch.randint(0, 5, (50,), generator=g)
-    w = torch.randn(6, 6, generator=g)
-
-    def u(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return x @ w * (1 + t[:, None])
-
-    traj = euler_trajectory(u, x0, 0.1, 5)
-    acc, dist = evaluate_steps(u, x0, y, text, 0.1, 5, batch_size=7)
-    assert acc == accuracy_per_step(traj, y, text)
-    assert all(abs(a - b) < 1e-5 for a, b in zip(dist, distance_per_step(traj, y, text), strict=True))
+    curves = step_curves(lambda x, t: u, x0, y, StaticTexts(text), 0.25, 4, ensemble_steps=(0,))
+    assert curves.acc == acc
+    assert all(abs(a - b) < 1e-6 for a, b in zip(curves.dist, dist, strict=True))
 
 
 def test_select_m_ties_to_smaller_and_uses_val_only():

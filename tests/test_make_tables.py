@@ -1,43 +1,45 @@
-"""Smoke tests for the tables stage CLI."""
+"""make_tables and make_ablations: records in, tables out; a broken record exits 2 naming it."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
-from test_report import GROUPS, write_runs  # tests/ is on sys.path under pytest's default import mode
+from test_report import fma_record, grid
 
-from pipeline.make_tables import main
+from pipeline import make_ablations, make_tables
+from pipeline.report.records import write_record
 
 
-def test_main_writes_tables_and_figure(tmp_path, capsys):
-    fma_paths, probe_paths, _ = write_runs(tmp_path)
+def test_make_tables_writes_every_file(tmp_path: Path, capsys) -> None:
+    paths = [r["path"] for r in grid(tmp_path)]
     out = tmp_path / "tables"
-    argv = ["--fma", *map(str, fma_paths), "--probe", *map(str, probe_paths)]
-    argv += ["--groups", json.dumps(GROUPS), "--out-dir", str(out)]
-    assert main(argv) == 0
-    names = sorted(p.name for p in out.iterdir())
-    assert names == ["curves.png", "fewshot.csv", "fewshot.md", "fewshot.tex"]
-    md = (out / "fewshot.md").read_text()
-    assert "| **D avg** |" in md and "| **E avg** |" in md and "FMA M" in md
-    captured = capsys.readouterr()
-    assert captured.out == ""  # logs only, on stderr
-    assert str(out / "fewshot.md") in captured.err and str(out / "curves.png") in captured.err
+    groups = json.dumps({"difficult": ["hard"], "easy": ["easy"]})
+    assert make_tables.main(["--records", *paths, "--groups", groups, "--out-dir", str(out)]) == 0
+    for name in ("fewshot.md", "fewshot.csv", "fewshot.tex", "plugplay.md", "plugplay.csv", "plugplay.tex"):
+        assert (out / name).stat().st_size > 100, name
+    assert (out / "curves.png").stat().st_size > 1000
 
 
-def test_main_broken_json_exits_2_naming_the_file(tmp_path, capsys):
-    fma_paths, probe_paths, _ = write_runs(tmp_path)
-    bad = tmp_path / "bad_probe.json"
-    bad.write_text("not json")
-    out = tmp_path / "tables"
-    argv = ["--fma", *map(str, fma_paths), "--probe", str(bad), "--out-dir", str(out)]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "bad_probe.json" in err and len(err.strip().splitlines()) == 1
-    assert not out.exists()
+def test_make_tables_broken_record_exits_2_naming_it(tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    assert make_tables.main(["--records", str(bad), "--out-dir", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.json" in err[0]
+    assert not (tmp_path / "t").exists()
+    assert make_tables.main(["--records", str(bad), "--groups", "[1]", "--out-dir", str(tmp_path)]) == 2
 
 
-def test_main_bad_groups_exits_2(tmp_path, capsys):
-    fma_paths, _, _ = write_runs(tmp_path)
-    argv = ["--fma", str(fma_paths[0]), "--groups", '{"difficult": "dtd"}', "--out-dir", str(tmp_path / "o")]
-    assert main(argv) == 2
-    assert "difficult" in capsys.readouterr().err
+def test_make_ablations(tmp_path: Path, capsys) -> None:
+    paths = []
+    for seed in (1, 2):
+        for variant in ("default", "six_blocks"):
+            path = tmp_path / f"{variant}{seed}.json"
+            write_record(path, fma_record("zeroshot", "hard", 16, seed, 40.0, 60.0, variant=variant))
+            paths.append(str(path))
+    labels = json.dumps({"default": "FMA", "six_blocks": "6 blocks"})
+    assert make_ablations.main(["--records", *paths, "--labels", labels, "--out-dir", str(tmp_path)]) == 0
+    assert "| 6 blocks |" in (tmp_path / "ablations.md").read_text()
+    (tmp_path / "x.json").write_text("[]")
+    assert make_ablations.main(["--records", str(tmp_path / "x.json"), "--out-dir", str(tmp_path)]) == 2

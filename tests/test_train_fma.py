@@ -1,3 +1,5 @@
+"""Stage train_fma: the result record, the checkpoint, the variant, CV, and one-line errors (incl. online)."""
+
 import json
 
 import numpy as np
@@ -9,7 +11,9 @@ from pipeline.data.fewshot import sample_fewshot, write_split_file
 from pipeline.demo.datasets import build_demo_dataset
 from pipeline.extract import main as extract_main
 from pipeline.features.cache import read_attrs, write_fewshot_cache, write_test_cache
-from pipeline.methods.fma.velocity import VelocityNet, load_velocity
+from pipeline.methods.fma.checkpoint import load_velocity
+from pipeline.methods.fma.velocity import VelocityNet
+from pipeline.report.records import read_record
 from pipeline.train_fma import main
 
 ATTRS = {
@@ -20,11 +24,9 @@ ATTRS = {
     "templates": ["a photo of a {}."],
     "config": {"views": 1},
 }
-KEYS = {
-    "method", "backbone", "dataset", "shot", "seed", "steps", "val_acc", "test_acc", "test_dist",
-    "val_dist", "selected_m", "val_acc_at_m", "test_acc_at_m", "zero_shot_test_acc", "oracle_m",
-    "oracle_test_acc", "train_seconds", "final_loss", "loss_history", "n_train", "n_val", "n_test",
-    "n_views", "config", "device", "train_views", "online", "online_encode_seconds", "text_mean_cosine",
+INFO_KEYS = {
+    "n_train", "n_val", "n_test", "n_views", "train_views", "online", "text_mean_cosine", "device",
+    "selected_m", "oracle_m", "cv_m", "final_loss", "loss_history", "noise", "mean_image_text_distance",
 }  # fmt: skip
 
 
@@ -74,34 +76,74 @@ def _argv(fewshot, test, out, shot: int = 2) -> list[str]:
     ]  # fmt: skip
 
 
-def test_main_writes_metrics_and_checkpoint(tmp_path):
+def test_main_writes_the_record_and_checkpoint(tmp_path):
     fewshot, test = _write_caches(tmp_path)
     out = tmp_path / "out"
     assert main(_argv(fewshot, test, out)) == 0
 
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == KEYS
-    assert metrics["method"] == "fma" and metrics["shot"] == 2 and metrics["seed"] == 1
-    assert metrics["steps"] == [0, 1, 2, 3, 4]
-    assert len(metrics["test_acc"]) == len(metrics["val_acc"]) == len(metrics["test_dist"]) == 5
-    assert len(metrics["loss_history"]) == 3 and metrics["final_loss"] == metrics["loss_history"][-1]
-    m = metrics["selected_m"]
-    assert metrics["val_acc"][m] == max(metrics["val_acc"]) == metrics["val_acc_at_m"]
-    assert metrics["test_acc_at_m"] == metrics["test_acc"][m]
-    assert metrics["zero_shot_test_acc"] == metrics["test_acc"][0]
-    assert all(0.0 <= a <= 100.0 for a in metrics["test_acc"])
-    assert (metrics["n_train"], metrics["n_val"], metrics["n_test"], metrics["n_views"]) == (6, 3, 12, 1)
-    assert metrics["config"]["epochs"] == 3 and metrics["config"]["noise"] == "paper"
-    assert metrics["train_views"] == 1 and metrics["online"] is False
-    assert metrics["online_encode_seconds"] == 0.0
+    record = read_record(out / "metrics.json")  # the record shape is checked on reading
+    assert (record["stage"], record["backbone"], record["dataset"], record["shot"], record["seed"]) == (
+        "fma", "zeroshot", "toy", 2, 1,
+    )  # fmt: skip
+    assert record["variant"] is None
+    curves = record["curves"]
+    assert curves["x"] == "step" and curves["step"] == [0, 1, 2, 3, 4]
+    assert {k: len(v) for k, v in curves.items() if k != "x"} == dict.fromkeys(
+        ("step", "val_acc", "test_acc", "val_dist", "test_dist"), 5
+    )
+    results = {r["method"]: r for r in record["results"]}
+    assert list(results) == ["backbone", "fma", "fma_full", "fma_oracle", "fma_ensemble"]  # no CV by default
+    m = record["info"]["selected_m"]
+    assert results["fma"]["info"] == {"m": m} and results["fma"]["role"] == "primary"
+    assert results["fma"]["plug_and_play"] is True and results["fma"]["label"] == "FMA"
+    assert curves["val_acc"][m] == max(curves["val_acc"]) == results["fma"]["val_acc"]
+    assert min(i for i, a in enumerate(curves["val_acc"]) if a == max(curves["val_acc"])) == m
+    assert results["fma"]["test_acc"] == curves["test_acc"][m]
+    assert (
+        results["backbone"]["role"] == "baseline" and results["backbone"]["test_acc"] == curves["test_acc"][0]
+    )
+    assert (
+        results["fma_full"]["info"] == {"m": 4} and results["fma_full"]["test_acc"] == curves["test_acc"][4]
+    )
+    oracle = record["info"]["oracle_m"]
+    assert (
+        results["fma_oracle"]["role"] == "diagnostic"
+        and results["fma_oracle"]["test_acc"] == max(curves["test_acc"]) == curves["test_acc"][oracle]
+    )
+    assert results["fma_ensemble"]["role"] == "variant"
+    assert results["fma_ensemble"]["info"] == {"steps": [0, 4], "temperature": 100.0}  # 8 > max_steps
+    assert set(record["info"]) == INFO_KEYS
+    info = record["info"]
+    assert (info["n_train"], info["n_val"], info["n_test"], info["n_views"]) == (6, 3, 12, 1)
+    assert len(info["loss_history"]) == 3 and info["final_loss"] == info["loss_history"][-1]
+    assert info["train_views"] == 1 and info["online"] is False and info["noise"] == "none"  # all views
+    assert set(record["timing"]) == {"train_seconds", "online_encode_seconds", "eval_seconds"}
+    assert record["timing"]["online_encode_seconds"] == 0.0
+    assert record["config"]["epochs"] == 3 and record["config"]["time_scale"] == 1.0
 
     state = torch.load(out / "fma.pt", weights_only=True)
     assert state["dim"] == 8 and state["blocks"] == 1 and state["selected_m"] == m
-    assert state["step_size"] == 0.1 and state["config"]["max_steps"] == 4
+    assert state["step_size"] == 0.1 and state["config"]["max_steps"] == 4 and state["time_scale"] == 1.0
     net, cfg = load_velocity(out / "fma.pt")
     assert isinstance(net, VelocityNet) and cfg.epochs == 3
     assert net(torch.zeros(2, 8), torch.zeros(2)).shape == (2, 8)
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no temporaries left
+
+
+def test_cv_adds_a_result_a_curve_and_its_time(tmp_path):
+    fewshot, test = _write_caches(tmp_path, shot=3)
+    out = tmp_path / "out"
+    argv = _set_config(_argv(fewshot, test, out, shot=3), cv_folds=3, noise="paper")
+    assert main(argv) == 0
+    record = read_record(out / "metrics.json")
+    cv = record["results"][-1]
+    assert cv["method"] == "fma_cv" and cv["role"] == "variant" and cv["info"]["folds"] == 3
+    m = cv["info"]["m"]
+    acc = record["curves"]["cv_acc"]
+    assert m == record["info"]["cv_m"] == min(i for i, a in enumerate(acc) if a == max(acc))
+    assert cv["test_acc"] == record["curves"]["test_acc"][m]
+    assert record["timing"]["cv_seconds"] > 0
+    assert "within-class" in record["info"]["sigma2_source"]
 
 
 def test_main_attribute_mismatch_exits_2_without_output(tmp_path, capsys):
@@ -132,9 +174,29 @@ def test_train_views_and_variant_are_recorded(tmp_path):
     out = tmp_path / "out"
     argv = _set_config(_argv(fewshot, test, out), train_views=0) + ["--variant", "center-only"]
     assert main(argv) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["train_views"] == 0 and metrics["variant"] == "center-only"
-    assert metrics["config"]["train_views"] == 0
+    record = read_record(out / "metrics.json")
+    assert record["info"]["train_views"] == 0 and record["variant"] == "center-only"
+    assert record["config"]["train_views"] == 0
+    argv = _set_config(_argv(fewshot, test, out), train_views=None)
+    assert main(argv) == 0
+    assert read_record(out / "metrics.json")["info"]["train_views"] == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"paper_noise_scale": -1.0}, "fma.paper_noise_scale"),
+        ({"interpolant_noise_std": -0.1}, "fma.interpolant_noise_std"),
+        ({"noise_scale": 1.0}, "fma.noise_scale"),  # the old ambiguous key is gone
+        ({"cv_folds": 1}, "fma.cv_folds"),
+        ({"ensemble_steps": [11]}, "fma.ensemble_steps"),
+    ],
+)
+def test_bad_fma_config_exits_2_with_one_line(tmp_path, capsys, change, key):
+    fewshot, test = _write_caches(tmp_path)
+    assert main(_set_config(_argv(fewshot, test, tmp_path / "out"), **change)) == 2
+    err = capsys.readouterr().err.strip()
+    assert key in err and len(err.splitlines()) == 1
 
 
 def test_train_views_beyond_the_cache_exits_2(tmp_path, capsys):
@@ -167,7 +229,7 @@ def online_caches(tmp_path_factory):
     fewshot = root / "fewshot.h5"
     code = extract_main(
         [
-            "--kind", "fewshot", "--backbone", "zeroshot", "--dataset", "demo_digits",
+            "--backbone", "zeroshot", "--dataset", "demo_digits",
             "--data-root", str(root), "--split-file", str(root / "split.json"), "--shot", "2",
             "--seed", "1", "--config", json.dumps(config), "--device", "cpu", "--out", str(fewshot),
         ]
@@ -201,11 +263,12 @@ def _online_argv(online_caches, out, encoder=ONLINE_ENCODER) -> list[str]:
 def test_online_training_records_encoding_time(online_caches, tmp_path):
     out = tmp_path / "out"
     assert main(_online_argv(online_caches, out)) == 0
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["online"] is True and metrics["train_views"] is None
-    assert 0 < metrics["online_encode_seconds"] <= metrics["train_seconds"]
-    assert len(metrics["loss_history"]) == 2 and np.isfinite(metrics["loss_history"]).all()
-    assert metrics["n_train"] == 20 and metrics["config"]["online"] is True
+    record = read_record(out / "metrics.json")
+    info, timing = record["info"], record["timing"]
+    assert info["online"] is True and info["train_views"] is None
+    assert 0 < timing["online_encode_seconds"] <= timing["train_seconds"]
+    assert len(info["loss_history"]) == 2 and np.isfinite(info["loss_history"]).all()
+    assert info["n_train"] == 20 and record["config"]["online"] is True
 
 
 def test_online_needs_the_cache_encoder_and_the_images(online_caches, tmp_path, capsys):

@@ -1,10 +1,13 @@
-"""The workflow end to end on a tiny config: full run, no-op rerun, rerun scope, bad configs, lint."""
+"""The workflow end to end on the tiny config (.test/config.yaml): every backbone's jobs, no-op rerun,
+rerun scope, a backbone added with no edit under workflow/, bad configs, lint."""
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,50 +17,23 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
+TINY = yaml.safe_load((REPO / ".test" / "config.yaml").read_text())
 
 pytestmark = pytest.mark.workflow
 
-TINY = {
-    "results": "results",
-    "data_root": "results/demo_data",
-    "datasets": ["demo_digits"],
-    "groups": {"difficult": ["demo_digits"], "easy": []},
-    "shots": [1, 2],
-    "seeds": [1],
-    "backbones": ["zeroshot"],
-    "encoder": {"model": "demo-vit-t-28", "pretrained": None},
-    "extraction": {"views": 1},
-    "fma": {"epochs": 4, "blocks": 2, "max_steps": 4},
-    "probe": {"search_steps": 1, "c_grid": [1.0, 0.01]},
-    "ablations": {
-        "datasets": ["demo_digits"],
-        "shots": [1],
-        "variants": {
-            "default": {"label": "FMA"},
-            "center_view": {"label": "center view only", "fma": {"train_views": 0}},
-            "online": {"label": "online views", "fma": {"online": True}},
-        },
-    },
-    "runtime": {"device": "cpu", "batch_size": 64, "workers": 0},
-}
 
-
-def snakemake(workdir: Path, *args: str, config: dict | None = None) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path,
+    *args: str,
+    config: dict | None = None,
+    snakefile: Path = SNAKEFILE,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess:
     if config is not None:
         (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(SNAKEFILE),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-        *args,
-    ]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=900)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir)]
+    cmd += ["--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=900, env=env)
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
@@ -65,9 +41,9 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     out = result.stdout + result.stderr
     if "Nothing to be done" in out:
         return {}
-    stats = out.split("Job stats:", 1)[1]
+    assert "Job stats:" in out, out[-3000:]
     jobs = {}
-    for line in stats.splitlines()[3:]:
+    for line in out.split("Job stats:", 1)[1].splitlines()[3:]:
         match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
         if not match:
             break
@@ -80,24 +56,34 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("workflow")
     result = snakemake(workdir, config=TINY)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-5000:]
     return workdir
 
 
-def test_full_run_writes_tables(finished_run: Path) -> None:
-    tables = finished_run / "results" / "tables" / "zeroshot"
-    md = (tables / "fewshot.md").read_text()
-    for method in ("Zero-shot", "Linear probe", "FMA"):
-        assert method in md
-    assert "demo_digits" in md
-    assert (tables / "curves.png").stat().st_size > 1000
-    assert "\\begin{tabular}" in (tables / "fewshot.tex").read_text()
-    metrics = json.loads((finished_run / "results/fma/zeroshot/demo_digits/2shot_seed1.json").read_text())
-    assert len(metrics["test_acc"]) == TINY["fma"]["max_steps"] + 1
-    # One test cache for the dataset, shared by both shots.
-    caches = sorted(p.name for p in (finished_run / "results/features/zeroshot/demo_digits").iterdir())
-    assert caches == ["1shot_seed1.h5", "2shot_seed1.h5", "test.h5"]
-    assert all((finished_run / "results/logs").rglob("*.log"))
+def test_full_run_plans_and_writes_every_backbone(finished_run: Path) -> None:
+    results = finished_run / "results"
+    md = (results / "tables" / "fewshot.md").read_text()
+    for row in ("| Zero-shot CLIP |", "| CoOp + FMA |", "| CoCoOp |", "| CLIP-Adapter + linear probe |"):
+        assert row in md, row
+    assert "| CLIP-LoRA + FMA |" in md
+    assert "| Backbone | D avg | +FMA |" in (results / "tables" / "plugplay.md").read_text()
+    assert (results / "tables" / "curves.png").stat().st_size > 1000
+    features = results / "features"
+    # The registry decides the caches: zero-shot test features once per dataset, shared by CoOp and
+    # CoCoOp (frozen image encoder, no re-encoding); per-run test caches for the image-side changers.
+    assert sorted(p.name for p in (features / "zeroshot/demo_digits").iterdir()) == [
+        "1shot_seed1.h5", "2shot_seed1.h5", "test.h5",
+    ]  # fmt: skip
+    assert sorted(p.name for p in (features / "coop/demo_digits").iterdir()) == [
+        "1shot_seed1.h5",
+        "2shot_seed1.h5",
+    ]
+    assert (features / "clip_adapter/demo_digits/2shot_seed1_test.h5").is_file()
+    assert (features / "clip_lora/demo_digits/2shot_seed1_test.h5").is_file()
+    assert not (results / "backbones" / "zeroshot").exists()
+    fit = json.loads((results / "backbones/coop/demo_digits/2shot_seed1.json").read_text())
+    assert fit["forwards"].get("image", 0) == 0 and fit["forwards"]["text"] > 0  # CoOp never encodes images
+    assert len(fit["loss_per_epoch"]) == 2
 
 
 def test_dry_run_after_full_run_has_nothing_to_do(finished_run: Path) -> None:
@@ -109,32 +95,44 @@ def test_dry_run_after_full_run_has_nothing_to_do(finished_run: Path) -> None:
 def test_runtime_change_reruns_nothing(finished_run: Path) -> None:
     config = copy.deepcopy(TINY)
     config["runtime"] = {"device": "cpu", "batch_size": 7, "workers": 1}
-    result = snakemake(finished_run, "-n", config=config)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert planned_jobs(result) == {}
+    assert planned_jobs(snakemake(finished_run, "-n", config=config)) == {}
     snakemake(finished_run, "-n", config=TINY)  # restore config.yaml for the other tests
 
 
 def test_fma_change_plans_only_fma_and_tables(finished_run: Path) -> None:
     config = copy.deepcopy(TINY)
     config["fma"]["epochs"] = 5
-    result = snakemake(finished_run, "-n", config=config)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert planned_jobs(result) == {"train_fma": 2, "make_tables": 1, "all": 1}
-    snakemake(finished_run, "-n", config=TINY)
+    assert planned_jobs(snakemake(finished_run, "-n", config=config)) == {
+        "train_fma": 10,
+        "make_tables": 1,
+        "all": 1,
+    }
 
 
-def test_encoder_change_reruns_extraction(finished_run: Path) -> None:
+def test_recipe_change_reruns_that_backbone_at_that_shot_only(finished_run: Path) -> None:
+    config = copy.deepcopy(TINY)
+    config["backbone_config"]["coop"]["epochs_by_shots"] = {1: 2, 2: 3}
+    jobs = planned_jobs(snakemake(finished_run, "-n", config=config))
+    assert jobs == {
+        "fit_backbone": 1,
+        "extract_fewshot": 1,
+        "train_fma": 1,
+        "train_probe": 1,
+        "make_tables": 1,
+        "all": 1,
+    }
+
+
+def test_extraction_change_reruns_extraction_but_not_the_test_cache(finished_run: Path) -> None:
     config = copy.deepcopy(TINY)
     config["extraction"]["views"] = 2
-    result = snakemake(finished_run, "-n", config=config)
-    jobs = planned_jobs(result)
-    assert jobs.get("extract_fewshot") == 2 and "extract_test" not in jobs
-    assert jobs.get("train_fma") == 2 and jobs.get("linear_probe") == 2
+    jobs = planned_jobs(snakemake(finished_run, "-n", config=config))
+    assert "extract_test" not in jobs
+    assert jobs["extract_fewshot"] >= 2 and jobs["train_fma"] == 10
     config = copy.deepcopy(TINY)
     config["encoder"]["model"] = "ViT-S-32"
     jobs = planned_jobs(snakemake(finished_run, "-n", config=config))
-    assert jobs.get("extract_test") == 1 and jobs.get("extract_fewshot") == 2
+    assert jobs.get("extract_test") == 1 and jobs.get("fit_backbone") == 8
     snakemake(finished_run, "-n", config=TINY)
 
 
@@ -143,24 +141,48 @@ def test_ablations_target_reuses_caches_and_writes_table(finished_run: Path) -> 
     assert jobs == {"train_fma_variant": 3, "make_ablation_table": 1, "ablations": 1}
     result = snakemake(finished_run, "ablations", config=TINY)
     assert result.returncode == 0, result.stderr[-3000:]
-    md = (finished_run / "results/tables/zeroshot/ablations.md").read_text()
-    for label in ("FMA", "center view only", "online views", "oracle"):
-        assert label in md
-    online = json.loads(
-        (finished_run / "results/ablations/zeroshot/demo_digits/1shot_seed1/online.json").read_text()
+    md = (finished_run / "results/tables/ablations.md").read_text()
+    for label in ("| FMA |", "center view only", "online views", "oracle"):
+        assert label in md, label
+
+
+def test_a_new_backbone_is_one_module_and_one_registry_line(tmp_path: Path) -> None:
+    """Copy the package, add a toy backbone (a module and a registry line, nothing under workflow/),
+    and the unchanged workflow plans its fit, extraction and stage-2 jobs."""
+    shutil.copytree(
+        REPO / "pipeline", tmp_path / "pkg" / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
     )
-    assert online["online"] and online["online_encode_seconds"] > 0
+    (tmp_path / "pkg/pipeline/backbones/toy.py").write_text(
+        '"""A toy prompt learner that reuses zero-shot CLIP\'s image features."""\n'
+        "from pipeline.backbones.coop import CoOp\n\n\n"
+        "class Toy(CoOp):\n"
+        '    name = "toy"\n\n\n'
+        "BACKBONE = Toy\n"
+    )
+    registry = tmp_path / "pkg/pipeline/backbones/registry.py"
+    text = registry.read_text()
+    spec = '"toy", "Toy", "pipeline.backbones.toy", "text", True, "zeroshot", config=recipes.CoOp'
+    line = f"    BackboneSpec({spec}),\n"
+    registry.write_text(text.replace("_SPECS = (\n", "_SPECS = (\n" + line, 1))
+    config = {**copy.deepcopy(TINY), "backbones": ["toy"], "ablations": {}}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "pkg")}
+    result = snakemake(tmp_path, "-n", config=config, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = planned_jobs(result)
+    assert jobs["fit_backbone"] == 2 and jobs["extract_fewshot"] == 4  # toy + the zero-shot caches it reuses
+    assert jobs["extract_test"] == 1 and jobs["train_fma"] == 2 and jobs["train_probe"] == 2
+    assert "Toy" not in (REPO / "pipeline/backbones/registry.py").read_text()
 
 
 @pytest.mark.parametrize(
     ("edit", "needle"),
     [
         (lambda c: c["fma"].update(lr="fast"), "fma.lr"),
-        (lambda c: c["fma"].update(learning_rate=1e-3), "fma.learning_rate"),
-        (lambda c: c.update(shots=["four"]), "shots.0"),
-        (lambda c: c.update(datasets=["no_such_set"]), "no_such_set"),
-        (lambda c: c["runtime"].update(device="tpu"), "runtime.device"),
-        (lambda c: c["ablations"]["variants"]["online"]["fma"].update(blocks="six"), "blocks"),
+        (
+            lambda c: c.update(backbones=["zeroshot", "coopp"]),
+            "unknown backbone 'coopp' (choose from zeroshot",
+        ),
+        (lambda c: c["backbone_config"]["coop"].update(n_ctx="many"), "backbone_config.coop.n_ctx"),
         (lambda c: c.update(datasets=["dtd"], data_root="/no/such/root", ablations={}), "/no/such/root"),
     ],
 )

@@ -65,7 +65,7 @@ class Backbone(nn.Module):
         super().__init__()
         self.encoder = encoder
         if encoder is not None:
-            self.clip = encoder.model  # registered, so .to() and .train() reach it; frozen by load_encoder
+            self.clip = encoder.model  # registered, so .to() reaches it (see train); frozen by load_encoder
         self.classnames = list(classnames)
         self.templates = list(templates)
         self.cfg = cfg
@@ -135,6 +135,22 @@ class Backbone(nn.Module):
         features (B, D); the training objective of every method here except those that override it."""
         x = self.encode_images(inputs) if inputs.ndim == 4 else self.adapt_features(inputs)
         return F.cross_entropy(self.logits(x), labels.to(x.device))
+
+    def train(self, mode: bool = True) -> Backbone:
+        """Put the method's own modules in training mode; the frozen CLIP stays in eval mode.
+
+        Only the modules inside the CLIP model that hold trained parameters (CLIP-LoRA's low-rank
+        updates) follow ``mode``, so their dropout acts. Everything else in CLIP keeps eval
+        behaviour, as the official CoOp code does (it sets only the prompt learner to train): a
+        ResNet encoder's frozen BatchNorm statistics never update and no CLIP dropout switches on.
+        """
+        super().train(mode)
+        if self.encoder is not None:
+            self.clip.eval()
+            for module in self.clip.modules():
+                if any(p.requires_grad for p in module.parameters(recurse=False)):
+                    module.train(mode)
+        return self
 
     def trainable_names(self) -> list[str]:
         """Names of the parameters the method trains (those that require gradients), sorted."""

@@ -9,16 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 import torch.nn.functional as F
-from torchvision import transforms
 
-from pipeline.core.config import EncoderConfig
+from pipeline.core.config import EncoderConfig, is_checkpoint_path
 from pipeline.core.device import autocast
 from pipeline.core.errors import InputError
 
 log = logging.getLogger(__name__)
+
+# open_clip and torchvision are imported where they are used: they cost ~3 s at start-up, which
+# jobs working on cached features (CLIP-Adapter's fit and extraction, stage 2) never pay.
 
 MODEL_CONFIG_DIR = Path(__file__).parents[1] / "demo" / "model_configs"
 # Random init is seeded so that separate extraction jobs (test once per dataset, few-shot per seed)
@@ -29,13 +30,9 @@ RANDOM_INIT_SEED = 0
 @functools.cache
 def register_model_configs() -> None:
     """Add the small architectures in ``pipeline/demo/model_configs/*.json`` to open_clip's registry."""
+    import open_clip
+
     open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
-def list_architectures() -> list[str]:
-    """Every open_clip architecture name this installation can build."""
-    register_model_configs()
-    return open_clip.list_models()
 
 
 @dataclass
@@ -61,20 +58,14 @@ def _image_size(model: torch.nn.Module) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
-
-
-def is_checkpoint_path(pretrained: str) -> bool:
-    """A local file rather than an open_clip tag: it has a folder part or a checkpoint suffix."""
-    return len(Path(pretrained).parts) > 1 or Path(pretrained).suffix in CHECKPOINT_SUFFIXES
-
-
 def load_encoder(cfg: EncoderConfig, device: torch.device) -> Encoder:
     """Build ``cfg.model`` with weights from ``cfg.pretrained`` (tag or file), or seeded random init.
 
     Raises:
         InputError: unknown architecture, missing checkpoint file, or weights that fail to load.
     """
+    import open_clip
+
     register_model_configs()
     if cfg.model not in open_clip.list_models():
         raise InputError(
@@ -124,8 +115,10 @@ def _to_rgb(img: Any) -> Any:
     return img.convert("RGB")
 
 
-def build_train_transform(encoder: Encoder, crop_scale: Sequence[float], hflip: bool) -> transforms.Compose:
-    """SPEC 1 train augmentation: random resized crop (bicubic), optional flip, model normalisation."""
+def build_train_transform(encoder: Encoder, crop_scale: Sequence[float], hflip: bool) -> Any:
+    """Train augmentation (CoOp; docs/protocol.md): bicubic random resized crop, optional flip, normalise."""
+    from torchvision import transforms
+
     steps: list[Any] = [
         transforms.Lambda(_to_rgb),
         transforms.RandomResizedCrop(

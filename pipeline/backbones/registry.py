@@ -138,16 +138,20 @@ def build_config(name: str, section: dict[str, Any] | None) -> Any:
 
 
 def resolved_recipe(name: str, section: dict[str, Any] | None, dataset: str, shot: int) -> dict[str, Any]:
-    """The config slice one ``fit_backbone`` job depends on: the section with its per-dataset and
-    per-shot schedule resolved to this (dataset, shot), so a change elsewhere reruns nothing here."""
+    """The config slice one ``fit_backbone`` job depends on: the section with its schedule resolved
+    to this (dataset, shot), so that a change for other datasets or shots reruns nothing here.
+
+    The result is still a valid section: ``epochs_by_shots`` holds the one entry ``{shot: epochs}``
+    and ``epochs_by_dataset`` is empty (with ``iterations_per_shot`` set, both are unused).
+    """
     cfg = build_config(name, section)
     if cfg is None:
         return {}
     out = dataclasses.asdict(cfg)
     if isinstance(cfg, recipes.TrainRecipe):
-        out.update(recipes.schedule_length(cfg, dataset, shot))
-        for key in ("epochs_by_shots", "epochs_by_dataset"):
-            out.pop(key, None)
+        length = recipes.schedule_length(cfg, dataset, shot)
+        out["epochs_by_dataset"] = {}
+        out["epochs_by_shots"] = {str(shot): length["epochs"]} if "epochs" in length else {}
     return out
 
 

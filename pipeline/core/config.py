@@ -13,6 +13,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pipeline.core.errors import InputError
@@ -121,6 +122,14 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
         raise InputError(message) from None
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
+
+
+def is_checkpoint_path(pretrained: str) -> bool:
+    """A local file rather than an open_clip tag: it has a folder part or a checkpoint suffix."""
+    return len(Path(pretrained).parts) > 1 or Path(pretrained).suffix in CHECKPOINT_SUFFIXES
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Which open_clip model encodes images and texts."""
@@ -131,55 +140,115 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class ExtractionConfig:
-    """How few-shot training images are turned into cached views."""
+    """How one dataset's few-shot training images are turned into cached views.
+
+    The workflow resolves the augmentation per dataset: the catalog's default
+    (``pipeline.data.catalog.DatasetInfo``), unless ``extraction.augment.<dataset>`` overrides it.
+    """
 
     views: int = 4  # K augmented views per few-shot training image, stored beside the center view
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop scale range
     hflip: bool = True  # random horizontal flip in the augmentation
 
+    def __post_init__(self) -> None:
+        check_crop_scale(self.crop_scale, "extraction.crop_scale")
+        if self.views < 0:
+            raise InputError(f"config key 'extraction.views': must be >= 0, got {self.views}")
+
+
+def check_crop_scale(scale: tuple[float, ...], key: str) -> None:
+    """A RandomResizedCrop area range: 0 < low <= high <= 1, else one line naming ``key``."""
+    if len(scale) != 2 or not all(isinstance(s, (int, float)) for s in scale):
+        raise InputError(f"config key '{key}': expected [low, high], got {list(scale)}")
+    low, high = scale
+    if not (0 < low <= high <= 1):
+        raise InputError(f"config key '{key}': need 0 < low <= high <= 1, got [{low}, {high}]")
+
 
 @dataclass(frozen=True)
 class FMAConfig:
-    """Flow Matching Alignment: velocity net, training schedule and early-stopping solver (SPEC 2)."""
+    """Flow Matching Alignment: velocity net, training, noise, solver and M selection (docs/methods.md, F).
 
-    blocks: int = 6  # adaLN residual blocks (paper: 6; official code: 12)
-    coupling: str = "class"  # "class": pair x0 with its own class text; "random": any class text
-    noise: str = "paper"  # "none" | "paper" (N(x_t, t(1-t) gamma sigma^2)) | "interpolant"
-    noise_scale: float = 1.0  # gamma
-    min_one_minus_t: float = 0.01  # clamp of (1 - t) in the paper-form target (z - x_hat) / (1 - t)
+    The defaults are the official code's recipe (github.com/HKUST-LongGroup/FMA, ``config.py``,
+    ``train.py``, ``models/fm.py``): 12 blocks, unscaled time embedding, no noise, 600 epochs; x0 is
+    drawn from the cached views (docs/methods.md, F14). The paper's settings (6 blocks, its noise
+    augmentation) are options; docs/methods.md gives every equation these keys enter.
+    """
+
+    blocks: int = 12  # adaLN residual blocks (official code: 12; paper: 6), Eq. (F7)
+    # t is multiplied by this before the sinusoids, Eq. (F8): 1.0 = official code, 1000 = DiT.
+    time_scale: float = 1.0
+    coupling: str = "class"  # "class": x0 with its own class text, Eq. (F2); "random": any class text
+    noise: str = "none"  # "none" | "paper" Eq. (F3) | "interpolant" Eq. (F5)
+    paper_noise_scale: float = 1.0  # gamma of "paper": variance multiplier of sigma^2, Eq. (F3)
+    interpolant_noise_std: float = 0.05  # gamma of "interpolant": a standard deviation, Eq. (F5)
+    min_one_minus_t: float = 0.01  # clamp of (1 - t) in the paper-form target, Eq. (F3)
     lr: float = 2e-4
     weight_decay: float = 0.01
     batch_size: int = 32
-    epochs: int = 200
+    epochs: int = 600  # the official code's default (config.py)
     warmup_epochs: int = 1
-    step_size: float = 0.1  # h of the Euler solver
-    max_steps: int = 10  # M is chosen in {0, ..., max_steps} on the validation split
-    # Cached views the trainer draws x0 from: None = all K cached augmented views (plus the center);
-    # 0 = the center view only; k = the center and the first k augmented views (k <= K of the cache).
+    step_size: float = 0.1  # h of the Euler solver, Eq. (F10)
+    max_steps: int = 10  # M is chosen in {0, ..., max_steps}, Eq. (F11)
+    # Cached views the trainer draws x0 from: None = all K cached augmented views plus the center (the
+    # default, chosen on validation accuracy, docs/methods.md F14); 0 = the center view only; k = the
+    # center and the first k augmented views (k <= K of the cache).
     train_views: int | None = None
     # The official FMA code's way: every epoch encodes a fresh random augmentation of every training
     # image instead of drawing cached views (needs the images and the encoder at training time).
     online: bool = False
+    # Multi-step ensemble of the official test code, Eq. (F12): states x_m summed as softmax(T cos);
+    # steps beyond max_steps are left out.
+    ensemble_steps: tuple[int, ...] = (0, 4, 8)
+    ensemble_temperature: float = 100.0
+    # k > 0: also choose M by stratified k-fold cross-validation over train + val, Eq. (F13).
+    cv_folds: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("fma.coupling", self.coupling, ("class", "random"))
         _check_choice("fma.noise", self.noise, ("none", "paper", "interpolant"))
+        inf = float("inf")  # the comparisons below are False for NaN too
+        for key in ("paper_noise_scale", "interpolant_noise_std", "weight_decay"):
+            value = getattr(self, key)
+            if not 0.0 <= value < inf:
+                raise InputError(f"config key 'fma.{key}': must be a finite number >= 0, got {value}")
+        for key in ("time_scale", "ensemble_temperature", "step_size", "lr"):
+            value = getattr(self, key)
+            if not 0.0 < value < inf:
+                raise InputError(f"config key 'fma.{key}': must be a finite number > 0, got {value}")
+        for key, low in (
+            ("blocks", 1),
+            ("batch_size", 1),
+            ("epochs", 1),
+            ("warmup_epochs", 0),
+            ("max_steps", 0),
+        ):
+            if getattr(self, key) < low:
+                raise InputError(f"config key 'fma.{key}': must be >= {low}, got {getattr(self, key)}")
         if self.train_views is not None and self.train_views < 0:
             raise InputError(f"config key 'fma.train_views': must be >= 0 or null, got {self.train_views}")
-        if self.online and self.train_views is not None:
+        if self.online and self.train_views not in (None, 0):
             raise InputError(
                 "config key 'fma.train_views': has no effect with fma.online (online training encodes "
-                "fresh views instead of drawing cached ones); leave it null"
+                "fresh views instead of drawing cached ones); set it to 0 or null"
             )
         if not 0.0 < self.min_one_minus_t < 1.0:
             raise InputError(
                 f"config key 'fma.min_one_minus_t': must be in (0, 1), got {self.min_one_minus_t}"
             )
+        steps = self.ensemble_steps
+        if not steps or len(set(steps)) != len(steps) or min(steps) < 0 or min(steps) > self.max_steps:
+            raise InputError(
+                f"config key 'fma.ensemble_steps': need distinct steps >= 0, at least one <= max_steps "
+                f"({self.max_steps}), got {list(steps)}"
+            )
+        if self.cv_folds == 1 or self.cv_folds < 0:
+            raise InputError(f"config key 'fma.cv_folds': must be 0 (off) or >= 2, got {self.cv_folds}")
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """Linear probe (CoOp's lpclip protocol, SPEC 5)."""
+    """Linear probe (CoOp's lpclip protocol, docs/methods.md, Eqs. (P1)-(P3))."""
 
     c_grid: tuple[float, ...] = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
     search_steps: int = 8  # binary-search steps in log space around the best grid C

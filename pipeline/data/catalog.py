@@ -11,7 +11,7 @@ from pipeline.core.errors import InputError
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """Where a dataset lives under the data root and how its classes are prompted (SPEC 1).
+    """Where a dataset lives under the data root and how its classes are prompted (CoOp, Zhou et al. 2022).
 
     Attributes:
         name: registry name (lowercase), e.g. ``"eurosat"``.
@@ -32,6 +32,9 @@ class DatasetInfo:
     templates: tuple[str, ...]
     classname_map: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     source: str | None = None
+    # CoOp's augmentation for the real datasets; the demo sets set their own (below).
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    hflip: bool = True
 
 
 # CoOp's rewrite of EuroSAT's folder names into phrases CLIP reads well.
@@ -100,6 +103,10 @@ _DATASETS = (
         "split_zhou_DemoDigits.json",
         ("a photo of the digit {}.",),
         source="sklearn-digits",
+        # 8 x 8 digits: a crop below half the area keeps a scrap of a stroke; a mirrored digit is
+        # another glyph (or none).
+        crop_scale=(0.5, 1.0),
+        hflip=False,
     ),
     DatasetInfo(
         "demo_fashion",
@@ -108,6 +115,9 @@ _DATASETS = (
         "split_zhou_DemoFashion.json",
         ("a photo of a {}, a type of clothing.",),
         source="fashion-mnist-t10k",
+        # 28 x 28 garments: mirrored clothes are still the same class; small crops lose the shape.
+        crop_scale=(0.5, 1.0),
+        hflip=True,
     ),
 )
 

@@ -1,4 +1,4 @@
-"""Few-shot sampling (CoOp protocol, SPEC 1) and the small JSON file that records one sampled subset."""
+"""Few-shot sampling (CoOp protocol, Zhou et al. IJCV 2022) and the JSON file recording one sampled subset."""
 
 from __future__ import annotations
 

@@ -2,31 +2,36 @@
 
 Two kinds of file, both written to a temporary name and renamed (see ``pipeline.core.atomic``):
 
-* a **test file**, one per backbone and dataset when the backbone's image encoder is frozen
-  (shared by every shot, seed and stage-2 method)::
+* a **test file**: once per dataset for a backbone whose image encoder is frozen (shared by every
+  shot, seed, stage-2 method and every backbone that reads the same image features), or once per
+  (dataset, shot, seed) for a backbone that changes the image side::
 
       /test/features   (Nt, D) float32, L2-normalised
       /test/labels     (Nt,)   int64
-      /test/paths      (Nt,)   str, relative to the dataset's image folder
+      /test/paths      bytes   UTF-8 JSON list of Nt paths, relative to the dataset's image folder
 
 * a **few-shot file**, one per backbone, dataset, shot and seed::
 
       /train/features  (N, V, D) float32, L2-normalised; view 0 is the center crop,
                                  views 1..K are random augmentations
       /train/labels    (N,)      int64
-      /train/paths     (N,)      str
+      /train/paths     bytes     JSON list of N paths
+      /train/targets   (N, V, D) float32, only for per-image class texts (CoCoOp): each view's
+                                 own-class text, computed from that view
       /val/features    (Nv, D)   float32 (center crop)
-      /val/labels      (Nv,)     int64
-      /val/paths       (Nv,)     str
-      /text/features   (C, D)    float32, L2-normalised class text features
-      /classnames      (C,)      str
+      /val/labels, /val/paths
+      /text/features   (C, D)    float32, L2-normalised class text features (absent with targets)
+      /classnames      bytes     JSON list of C names
 
-Both carry attributes (``ATTRIBUTE_KEYS``); readers open read-only and refuse a file whose attributes
-do not match what the caller expects.
+Strings are stored as UTF-8 JSON in uint8 arrays, not as HDF5 variable-length strings: a damaged
+variable-length string heap can make the HDF5 library spin forever, a damaged byte array is caught
+by the JSON parse. Both kinds carry attributes (``ATTRIBUTE_KEYS``); readers open read-only and
+refuse a file whose attributes do not match what the caller expects.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
@@ -42,7 +47,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.versions import EXTRACTION_VERSION
 
 # Bump when the layout or the meaning of a cached array changes: old caches then fail to load.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Attributes common to both kinds of file; JSON-valued ones are stored as canonical JSON strings.
 ATTRIBUTE_KEYS = (
@@ -50,15 +55,17 @@ ATTRIBUTE_KEYS = (
     "schema_version",
     "extraction_version",
     "backbone",  # registry name of the stage-1 backbone, e.g. "zeroshot"
+    "image_source",  # the backbone whose image features the file holds (CoOp's are zero-shot CLIP's)
     "dataset",
     "model",  # open_clip architecture
     "pretrained",  # tag or checkpoint path, "" for random init
     "config",  # JSON: the config slice the file depends on
 )
-# Only few-shot files hold text features, so only they record the templates.
-FEWSHOT_KEYS = ("shot", "seed", "n_views", "templates")
-
-_STR = h5py.string_dtype(encoding="utf-8")
+# Only few-shot files hold text features, so only they record the templates and the text kind.
+FEWSHOT_KEYS = ("shot", "seed", "n_views", "templates", "text_kind")
+TEXT_KINDS = ("static", "per_image")  # one (C, D) matrix, or per-image texts (/train/targets)
+RUN_KEYS = ("shot", "seed")  # a per-run test file records its run
+OPTIONAL_KEYS = ("forwards",)  # images and prompts the extraction job ran through the encoders
 
 
 @dataclass
@@ -71,18 +78,19 @@ class Features:
     val_y: np.ndarray  # (Nv,) int64
     test_x: np.ndarray  # (Nt, D) float32
     test_y: np.ndarray  # (Nt,) int64
-    text: np.ndarray  # (C, D) float32
+    text: np.ndarray | None  # (C, D) float32; None for per-image texts
     classnames: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
     train_paths: list[str] = field(default_factory=list)  # (N,) relative to the dataset's image folder
+    train_targets: np.ndarray | None = None  # (N, V, D) own-class text per view, per-image texts only
 
     @property
     def dim(self) -> int:
-        return int(self.text.shape[1])
+        return int(self.test_x.shape[1])
 
     @property
     def n_classes(self) -> int:
-        return int(self.text.shape[0])
+        return len(self.classnames)
 
 
 def _encode_attr(value: Any) -> Any:
@@ -96,7 +104,7 @@ def _encode_attr(value: Any) -> Any:
 def _decode_attr(key: str, value: Any) -> Any:
     if isinstance(value, bytes):
         value = value.decode()
-    if key in ("templates", "config") and isinstance(value, str):
+    if key in ("templates", "config", "forwards") and isinstance(value, str):
         return json.loads(value)
     if isinstance(value, np.integer):
         return int(value)
@@ -105,16 +113,36 @@ def _decode_attr(key: str, value: Any) -> Any:
     return value
 
 
+def _write_strings(group: h5py.Group, name: str, values: list[str]) -> None:
+    """A list of strings as a uint8 array of its UTF-8 JSON (no variable-length HDF5 strings)."""
+    data = np.frombuffer(json.dumps(list(values), ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
+    group.create_dataset(name, data=data)
+
+
+def _read_strings(f: h5py.File, name: str, path: Path) -> list[str]:
+    try:
+        raw = np.asarray(f[name][()], dtype=np.uint8)
+    except KeyError:
+        raise InputError(f"{path}: feature cache has no '{name}'") from None
+    try:
+        values = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InputError(f"{path}: corrupt '{name}' (not UTF-8 JSON)") from None
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise InputError(f"{path}: corrupt '{name}' (expected a list of strings)")
+    return values
+
+
 def _write_split(group: h5py.Group, x: np.ndarray, y: np.ndarray, paths: list[str]) -> None:
     group.create_dataset("features", data=np.asarray(x, dtype=np.float32))
     group.create_dataset("labels", data=np.asarray(y, dtype=np.int64))
-    group.create_dataset("paths", data=np.asarray(paths, dtype=object), dtype=_STR)
+    _write_strings(group, "paths", paths)
 
 
 def _write_attrs(f: h5py.File, attrs: Mapping[str, Any], keys: tuple[str, ...]) -> None:
     missing = [k for k in keys if k not in attrs]
     assert not missing, f"cache attributes missing: {missing}"
-    for key in keys:
+    for key in keys + tuple(k for k in OPTIONAL_KEYS if k in attrs and k not in keys):
         f.attrs[key] = _encode_attr(attrs[key])
 
 
@@ -132,18 +160,21 @@ def write_test_cache(
         features: (Nt, D) L2-normalised image features.
         labels: (Nt,) class ids.
         paths: image paths relative to the dataset's image folder.
-        attrs: values for ``ATTRIBUTE_KEYS`` except kind/schema/extraction versions.
+        attrs: values for ``ATTRIBUTE_KEYS`` except kind/schema/extraction versions
+            (``image_source`` defaults to ``backbone``); a per-run file adds ``shot`` and ``seed``.
     """
     assert len(features) == len(labels) == len(paths)
     full = {
+        "image_source": attrs["backbone"],
         **attrs,
         "kind": "test",
         "schema_version": SCHEMA_VERSION,
         "extraction_version": EXTRACTION_VERSION,
     }
+    keys = ATTRIBUTE_KEYS + tuple(k for k in RUN_KEYS if k in attrs)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         _write_split(f.create_group("test"), features, labels, paths)
-        _write_attrs(f, full, ATTRIBUTE_KEYS)
+        _write_attrs(f, full, keys)
 
 
 def write_fewshot_cache(
@@ -155,26 +186,40 @@ def write_fewshot_cache(
     val_x: np.ndarray,
     val_y: np.ndarray,
     val_paths: list[str],
-    text: np.ndarray,
+    text: np.ndarray | None,
     classnames: list[str],
     attrs: Mapping[str, Any],
+    train_targets: np.ndarray | None = None,
 ) -> None:
-    """Write the per-(shot, seed) file atomically; shapes as in the module docstring."""
+    """Write the per-(shot, seed) file atomically; shapes as in the module docstring.
+
+    Exactly one of ``text`` (C, D) and ``train_targets`` (N, V, D, per-image texts) is given.
+    """
     assert train_x.ndim == 3 and len(train_x) == len(train_y) == len(train_paths)
     assert val_x.ndim == 2 and len(val_x) == len(val_y) == len(val_paths)
-    assert text.shape == (len(classnames), train_x.shape[2])
+    assert (text is None) != (train_targets is None)
+    if text is not None:
+        assert text.shape == (len(classnames), train_x.shape[2])
+    else:
+        assert train_targets is not None and train_targets.shape == train_x.shape
     full = {
+        "image_source": attrs["backbone"],
         **attrs,
         "kind": "fewshot",
         "schema_version": SCHEMA_VERSION,
         "extraction_version": EXTRACTION_VERSION,
         "n_views": int(train_x.shape[1]) - 1,
+        "text_kind": "static" if text is not None else "per_image",
     }
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        _write_split(f.create_group("train"), train_x, train_y, train_paths)
+        train = f.create_group("train")
+        _write_split(train, train_x, train_y, train_paths)
+        if train_targets is not None:
+            train.create_dataset("targets", data=np.asarray(train_targets, dtype=np.float32))
         _write_split(f.create_group("val"), val_x, val_y, val_paths)
-        f.create_group("text").create_dataset("features", data=np.asarray(text, dtype=np.float32))
-        f.create_dataset("classnames", data=np.asarray(classnames, dtype=object), dtype=_STR)
+        if text is not None:
+            f.create_group("text").create_dataset("features", data=np.asarray(text, dtype=np.float32))
+        _write_strings(f, "classnames", classnames)
         _write_attrs(f, full, ATTRIBUTE_KEYS + FEWSHOT_KEYS)
 
 
@@ -214,15 +259,6 @@ def _read_split(f: h5py.File, name: str, path: Path) -> tuple[np.ndarray, np.nda
     return x, y
 
 
-def _read_paths(f: h5py.File, name: str, path: Path) -> list[str]:
-    """A split's image paths (relative to the dataset's image folder) as ``str``."""
-    try:
-        raw = f[f"{name}/paths"][()]
-    except KeyError:
-        raise InputError(f"{path}: feature cache has no '{name}/paths'") from None
-    return [p.decode() if isinstance(p, bytes) else str(p) for p in raw]
-
-
 def _base_expectation(kind: str, expect: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "kind": kind,
@@ -237,9 +273,57 @@ def load_test(path: str | os.PathLike, expect: Mapping[str, Any]) -> tuple[np.nd
     path = Path(path)
     attrs = read_attrs(path)
     check_attrs(path, attrs, _base_expectation("test", expect))
-    with h5py.File(path, "r") as f:
-        x, y = _read_split(f, "test", path)
+    try:
+        with h5py.File(path, "r") as f:
+            x, y = _read_split(f, "test", path)
+    except OSError as err:
+        raise InputError(f"{path}: not a readable feature cache ({err})") from None
     return x, y, attrs
+
+
+def load_fewshot(path: str | os.PathLike, *, expect: Mapping[str, Any]) -> Features:
+    """Read a few-shot file into ``Features`` with an empty test split (see ``load_features``).
+
+    Raises:
+        InputError: a missing or unreadable file, a missing split, or an attribute mismatch; the
+            message names the file and the attribute.
+    """
+    path = Path(path)
+    attrs = read_attrs(path)
+    check_attrs(path, attrs, _base_expectation("fewshot", expect))
+    try:
+        with h5py.File(path, "r") as f:
+            train_x, train_y = _read_split(f, "train", path)
+            val_x, val_y = _read_split(f, "val", path)
+            classnames = _read_strings(f, "classnames", path)
+            train_paths = _read_strings(f, "train/paths", path)
+            text = targets = None
+            if attrs.get("text_kind") == "per_image":
+                if "train/targets" not in f:
+                    raise InputError(f"{path}: per-image text cache has no 'train/targets'")
+                targets = np.asarray(f["train/targets"][()], dtype=np.float32)
+                if targets.shape != train_x.shape or not np.isfinite(targets).all():
+                    raise InputError(f"{path}: corrupt 'train/targets' (shape {targets.shape})")
+            else:
+                if "text/features" not in f:
+                    raise InputError(f"{path}: feature cache has no text features")
+                text = np.asarray(f["text/features"][()], dtype=np.float32)
+                if text.shape != (len(classnames), train_x.shape[-1]) or not np.isfinite(text).all():
+                    raise InputError(f"{path}: corrupt text features (shape {text.shape})")
+    except OSError as err:
+        raise InputError(f"{path}: not a readable feature cache ({err})") from None
+    if len(train_paths) != len(train_y):
+        raise InputError(f"{path}: corrupt 'train' split ({len(train_paths)} paths, {len(train_y)} labels)")
+    if train_x.ndim != 3 or val_x.ndim != 2 or val_x.shape[-1] != train_x.shape[-1]:
+        raise InputError(f"{path}: corrupt cache (train {train_x.shape}, val {val_x.shape})")
+    for name, y in (("train", train_y), ("val", val_y)):
+        if len(y) and (y.min() < 0 or y.max() >= len(classnames)):
+            raise InputError(f"{path}: {name} labels outside 0..{len(classnames) - 1}")
+    empty_x = np.zeros((0, train_x.shape[-1]), dtype=np.float32)
+    return Features(
+        train_x, train_y, val_x, val_y, empty_x, np.zeros(0, dtype=np.int64), text, classnames, attrs,
+        train_paths, targets,
+    )  # fmt: skip
 
 
 def load_features(
@@ -248,47 +332,32 @@ def load_features(
     *,
     expect: Mapping[str, Any],
 ) -> Features:
-    """Read a few-shot file and its test file into ``Features``.
+    """Read a few-shot file and the test file of the same image features into ``Features``.
 
     Args:
-        expect: attribute values both files must carry (e.g. backbone, dataset, model, pretrained,
-            templates); ``shot``, ``seed``, ``n_views`` and ``templates`` are checked against the
-            few-shot file only.
+        expect: attribute values the few-shot file must carry (e.g. backbone, dataset, shot, seed,
+            model, pretrained, templates). The test file must hold the few-shot file's image
+            features: its ``backbone`` is the few-shot file's ``image_source``, with the same
+            dataset, model and pretrained weights, and a per-run test file the same shot and seed.
 
     Raises:
         InputError: a missing or unreadable file, a missing split, or an attribute mismatch; the
             message names the file and the attribute.
     """
     fewshot_path, test_path = Path(fewshot_path), Path(test_path)
-    shared = {k: v for k, v in expect.items() if k not in FEWSHOT_KEYS}
-    attrs = read_attrs(fewshot_path)
-    check_attrs(fewshot_path, attrs, _base_expectation("fewshot", expect))
-    test_x, test_y, test_attrs = load_test(test_path, shared)
-    # The two files must come from the same encoder, whatever the caller asked for.
-    for key in ("backbone", "dataset", "model", "pretrained"):
-        if attrs.get(key) != test_attrs.get(key):
+    feats = load_fewshot(fewshot_path, expect=expect)
+    attrs = feats.attrs
+    test_expect = {k: attrs.get(k) for k in ("dataset", "model", "pretrained")}
+    test_expect["backbone"] = attrs.get("image_source")
+    test_x, test_y, test_attrs = load_test(test_path, test_expect)
+    for key in RUN_KEYS:
+        if key in test_attrs and test_attrs[key] != attrs.get(key):
             raise InputError(
-                f"{test_path}: attribute '{key}' ({test_attrs.get(key)!r}) differs from "
-                f"{fewshot_path} ({attrs.get(key)!r})"
+                f"{test_path}: attribute '{key}' ({test_attrs[key]!r}) differs from {fewshot_path} "
+                f"({attrs.get(key)!r})"
             )
-    with h5py.File(fewshot_path, "r") as f:
-        train_x, train_y = _read_split(f, "train", fewshot_path)
-        val_x, val_y = _read_split(f, "val", fewshot_path)
-        try:
-            text = np.asarray(f["text/features"][()], dtype=np.float32)
-            classnames = [c.decode() if isinstance(c, bytes) else str(c) for c in f["classnames"][()]]
-        except KeyError:
-            raise InputError(f"{fewshot_path}: feature cache has no text features or class names") from None
-        train_paths = _read_paths(f, "train", fewshot_path)
-    if len(train_paths) != len(train_y):
-        raise InputError(
-            f"{fewshot_path}: corrupt 'train' split ({len(train_paths)} paths, {len(train_y)} labels)"
-        )
-    if train_x.ndim != 3 or text.shape != (len(classnames), train_x.shape[2]):
-        raise InputError(f"{fewshot_path}: corrupt cache (train features {train_x.shape}, text {text.shape})")
-    if test_x.shape[1] != text.shape[1]:
+    if test_x.shape[1] != feats.train_x.shape[2]:
         raise InputError(f"{test_path}: feature dim {test_x.shape[1]} differs from {fewshot_path}")
-    for name, y in (("train", train_y), ("val", val_y), ("test", test_y)):
-        if len(y) and (y.min() < 0 or y.max() >= len(classnames)):
-            raise InputError(f"{fewshot_path}: {name} labels outside 0..{len(classnames) - 1}")
-    return Features(train_x, train_y, val_x, val_y, test_x, test_y, text, classnames, attrs, train_paths)
+    if len(test_y) and (test_y.min() < 0 or test_y.max() >= len(feats.classnames)):
+        raise InputError(f"{test_path}: test labels outside 0..{len(feats.classnames) - 1}")
+    return dataclasses.replace(feats, test_x=test_x, test_y=test_y)

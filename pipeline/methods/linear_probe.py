@@ -1,4 +1,4 @@
-"""Linear probe on frozen image features: CoOp's lpclip protocol (SPEC 5, after CLIP's appendix A3)."""
+"""Linear probe on frozen image features: CoOp's lpclip protocol, CLIP appendix A3 (docs/methods.md, P)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,17 @@
 # FMA ablations (target: snakemake ablations --cores all): each variant overrides part of the fma
-# config; runs go to results/ablations/, the table to results/tables/<backbone>/ablations.md.
+# config; runs go to results/ablations/, the table to results/tables/ablations.md.
 
 
 rule train_fma_variant:
     input:
-        fewshot=fewshot_cache(),
-        test=test_cache,
+        unpack(stage2_inputs),
         split=lambda w: split_file(w.dataset) if variant_is_online(w.variant) else [],
         encoder=lambda w: encoder_inputs() if variant_is_online(w.variant) else [],
     output:
-        metrics=f"{RESULTS}/ablations/{{backbone}}/{{dataset}}/{{shot}}shot_seed{{seed}}/{{variant}}.json",
-        checkpoint=f"{RESULTS}/ablations/{{backbone}}/{{dataset}}/{{shot}}shot_seed{{seed}}/{{variant}}.pt",
+        metrics=VARIANT_JSON,
+        checkpoint=VARIANT_PT,
     log:
-        f"{RESULTS}/logs/train_fma_variant/{{backbone}}/{{dataset}}/{{shot}}shot_seed{{seed}}/{{variant}}.log",
+        log_path("train_fma_variant", f"{RUN}/{{variant}}"),
     conda:
         "../../envs/pipeline.yaml"
     threads: 1
@@ -21,13 +20,14 @@ rule train_fma_variant:
         io_workers=IO_WORKERS,
     params:
         cfg=lambda w: canonical(variant_fma_slice(w.variant)),
-        expect=lambda w: canonical(cache_expectation(w.dataset)),
-        online=lambda w: online_args(w.variant),
+        expect=lambda w: canonical(cache_expectation(w.backbone, w.dataset)),
+        state=state_args,
+        online=online_args,
         version=FMA_VERSION,
     shell:
         "python -m pipeline.train_fma --fewshot {input.fewshot} --test {input.test}"
         " --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
-        " --shot {wildcards.shot} --seed {wildcards.seed} --variant {wildcards.variant}"
+        " --shot {wildcards.shot} --seed {wildcards.seed} --variant {wildcards.variant} {params.state}"
         " --config {params.cfg:q} --expect {params.expect:q} {params.online}"
         " --device {resources.device} --workers {resources.io_workers} --threads {threads}"
         " --metrics {output.metrics} --checkpoint {output.checkpoint} > {log} 2>&1"
@@ -35,27 +35,26 @@ rule train_fma_variant:
 
 rule make_ablation_table:
     input:
-        runs=lambda w: ablation_runs(w.backbone),
+        records=ablation_runs(),
     output:
-        md=f"{RESULTS}/tables/{{backbone}}/ablations.md",
-        csv=f"{RESULTS}/tables/{{backbone}}/ablations.csv",
-        tex=f"{RESULTS}/tables/{{backbone}}/ablations.tex",
+        ABLATION_TABLE_FILES,
     log:
-        f"{RESULTS}/logs/make_ablation_table/{{backbone}}.log",
+        f"{RESULTS}/logs/make_ablation_table.log",
     localrule: True
     conda:
         "../../envs/pipeline.yaml"
     params:
         labels=canonical_ordered(ABLATION_LABELS),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
         version=TABLES_VERSION,
     shell:
-        "python -m pipeline.make_ablations --runs {input.runs} --labels {params.labels:q}"
-        " --out-dir $(dirname {output.md}) > {log} 2>&1"
+        "python -m pipeline.make_ablations --records {input.records} --labels {params.labels:q}"
+        " --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule ablations:
     input:
-        ablation_table_outputs(),
+        ABLATION_TABLE_FILES,
     localrule: True
     message:
-        f"Done. Ablation tables: {ABLATION_TABLES}"
+        f"Done. Ablation tables: {TABLES}/ablations.md (.csv, .tex)"

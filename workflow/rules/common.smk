@@ -1,81 +1,47 @@
 import json
+import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
-import jsonschema
-import yaml
-
+from pipeline.backbones.registry import get_spec, image_source
 from pipeline.core.config import (
     canonical_json as canonical,
-)  # equal slices give equal strings
-from pipeline.data.catalog import get_dataset_info, list_datasets
+)  # equal slices, equal strings
+from pipeline.core.config import is_checkpoint_path
+from pipeline.core.errors import InputError
 from pipeline.core.versions import (
     DEMO_DATA_VERSION,
     EXTRACTION_VERSION,
+    FIT_VERSION,
     FMA_VERSION,
     PRETRAIN_VERSION,
     PROBE_VERSION,
     SAMPLING_VERSION,
     TABLES_VERSION,
 )
+from pipeline.core.workflow_config import (
+    extraction_slice,
+    load_workflow_config,
+    needed_backbones,
+    recipe_slice,
+    templates_for,
+)
+from pipeline.data.catalog import get_dataset_info, list_datasets
 
-# ---------------------------------------------------------------- config validation
+# ---------------------------------------------------------------- config
 
-
-def _config_error(message):
-    """Stop at parse time with one line naming the offending key."""
-    sys.exit(f"config error: {message}")
-
-
-def _key_path(error):
-    path = ".".join(str(p) for p in error.absolute_path)
-    return path or "<top level>"
-
-
-def _fill_defaults(instance, schema):
-    """Fill omitted keys from the schema's defaults, so an omitted key and its default are one slice."""
-    for key, sub in schema.get("properties", {}).items():
-        if key not in instance and "default" in sub:
-            instance[key] = json.loads(json.dumps(sub["default"]))
-        if isinstance(instance.get(key), dict) and sub.get("type") == "object":
-            _fill_defaults(instance[key], sub)
-
-
-def validate_config(config, schema_path):
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    _fill_defaults(config, schema)
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        error = jsonschema.exceptions.best_match(errors)
-        if error.validator == "additionalProperties":
-            extra = sorted(
-                set(error.instance) - set(error.schema.get("properties", {}))
-            )
-            where = _key_path(error)
-            key = f"{where}.{extra[0]}" if where != "<top level>" else extra[0]
-            _config_error(f"unknown key '{key}'")
-        _config_error(f"key '{_key_path(error)}': {error.message}")
-    known = set(list_datasets())
-    for name in config["datasets"]:
-        if name not in known:
-            _config_error(
-                f"key 'datasets': unknown dataset '{name}' (known: {', '.join(sorted(known))})"
-            )
-    for group, names in config["groups"].items():
-        for name in names:
-            if name not in known:
-                _config_error(f"key 'groups.{group}': unknown dataset '{name}'")
-    for name in config.get("ablations", {}).get("datasets", []):
-        if name not in config["datasets"]:
-            _config_error(f"key 'ablations.datasets': '{name}' is not in 'datasets'")
-    for name in config.get("templates", {}):
-        if name not in known:
-            _config_error(f"key 'templates.{name}': unknown dataset")
-
-
-validate_config(config, Path(workflow.basedir) / "schemas" / "config.schema.yaml")
+try:
+    _checked = load_workflow_config(
+        config,
+        Path(workflow.basedir) / "schemas" / "config.schema.yaml",
+        Path(workflow.basedir) / "presets",
+    )
+except InputError as err:
+    sys.exit(f"config error: {err}")
+config.clear()
+config.update(_checked)
 
 RESULTS = config["results"]
 DATA_ROOT = config["data_root"]
@@ -83,12 +49,28 @@ DATASETS = config["datasets"]
 SHOTS = config["shots"]
 SEEDS = config["seeds"]
 BACKBONES = config["backbones"]
-RUNTIME = config["runtime"]
+NEEDED = needed_backbones(
+    config
+)  # the configured backbones and those whose caches they reuse
+SPECS = {name: get_spec(name) for name in NEEDED}
 # Runtime knobs reach the jobs as resources, never as params: changing the device, the inference
 # batch size or the number of workers must not rerun anything (params are a rerun trigger).
-RUNTIME_DEVICE = RUNTIME["device"]
-INFER_BATCH = RUNTIME["batch_size"]
-IO_WORKERS = RUNTIME["workers"]
+RUNTIME_DEVICE = config["runtime"]["device"]
+INFER_BATCH = config["runtime"]["batch_size"]
+IO_WORKERS = config["runtime"]["workers"]
+
+
+def _gpu_present(device):
+    """Whether stage-1 jobs will run on a GPU (checked without importing torch)."""
+    if device != "auto":
+        return device.startswith("cuda")
+    return shutil.which("nvidia-smi") is not None
+
+
+# Stage-1 jobs take one unit of the `gpu` resource (the default profile allows one at a time) only
+# when they will use a GPU; on a CPU-only machine they run side by side, one thread each.
+GPU_JOB = 1 if _gpu_present(RUNTIME_DEVICE) else 0
+STAGE1_THREADS = 2 if GPU_JOB else 1
 DEMO_FOLDERS = {
     get_dataset_info(name).folder: name
     for name in list_datasets()
@@ -99,56 +81,75 @@ for _name in DATASETS:
     _info = get_dataset_info(_name)
     if _info.source is None:  # a real dataset: it must already be under the data root
         if not Path(DATA_ROOT).is_dir():
-            _config_error(f"key 'data_root': data root {DATA_ROOT} does not exist")
+            sys.exit(
+                f"config error: key 'data_root': data root {DATA_ROOT} does not exist"
+            )
         if not (Path(DATA_ROOT) / _info.folder).is_dir():
-            _config_error(
-                f"key 'datasets': folder {Path(DATA_ROOT) / _info.folder} for '{_name}' does not exist"
+            sys.exit(
+                f"config error: key 'datasets': folder {Path(DATA_ROOT) / _info.folder} "
+                f"for '{_name}' does not exist"
             )
         if not (Path(DATA_ROOT) / _info.folder / _info.split_file).is_file():
-            _config_error(
-                f"key 'datasets': split file {Path(DATA_ROOT) / _info.folder / _info.split_file} is missing"
+            sys.exit(
+                "config error: key 'datasets': split file "
+                f"{Path(DATA_ROOT) / _info.folder / _info.split_file} is missing"
             )
+
+
+def alternatives(names):
+    """A wildcard regex matching exactly ``names`` (or nothing)."""
+    return "|".join(names) or "(?!x)x"
+
+
+# Backbones by what the registry says they need (no per-backbone code below this point).
+TRAINED = [b for b in NEEDED if SPECS[b].trains]
+# A per-dataset test cache: encodes images itself with a frozen image encoder (zero-shot CLIP).
+TEST_PER_DATASET = [
+    b
+    for b in NEEDED
+    if SPECS[b].encodes_images and SPECS[b].frozen_image_encoder and not SPECS[b].trains
+]
+FROZEN_IMAGE = [b for b in NEEDED if SPECS[b].frozen_image_encoder]
+IMAGE_CHANGED = [b for b in NEEDED if not SPECS[b].frozen_image_encoder]
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
-    backbone="|".join(BACKBONES),
+    dataset=alternatives(DATASETS),
+    backbone=alternatives(NEEDED),
     shot=r"\d+",
     seed=r"\d+",
     variant=r"[A-Za-z0-9_]+",
 
 
-# ---------------------------------------------------------------- config slices (rule params)
+# ---------------------------------------------------------------- paths (each template once)
+
+RUN = "{dataset}/{shot}shot_seed{seed}"
+SPLIT_JSON = f"{RESULTS}/splits/{RUN}.json"
+FIT_PT = f"{RESULTS}/backbones/{{backbone}}/{RUN}.pt"
+FIT_JSON = f"{RESULTS}/backbones/{{backbone}}/{RUN}.json"
+FEWSHOT_H5 = f"{RESULTS}/features/{{backbone}}/{RUN}.h5"
+RUN_TEST_H5 = f"{RESULTS}/features/{{backbone}}/{RUN}_test.h5"
+TEST_H5 = f"{RESULTS}/features/{{backbone}}/{{dataset}}/test.h5"
+FMA_JSON = f"{RESULTS}/fma/{{backbone}}/{RUN}.json"
+FMA_PT = f"{RESULTS}/fma/{{backbone}}/{RUN}.pt"
+PROBE_JSON = f"{RESULTS}/probe/{{backbone}}/{RUN}.json"
+VARIANT_JSON = f"{RESULTS}/ablations/{{backbone}}/{RUN}/{{variant}}.json"
+VARIANT_PT = f"{RESULTS}/ablations/{{backbone}}/{RUN}/{{variant}}.pt"
+TABLES = f"{RESULTS}/tables"
 
 
-def templates_for(dataset):
-    return list(
-        config.get("templates", {}).get(dataset) or get_dataset_info(dataset).templates
-    )
+def log_path(rule, pattern=RUN):
+    return f"{RESULTS}/logs/{rule}/{{backbone}}/{pattern}.log"
 
 
-def encoder_slice():
-    return {"encoder": config["encoder"]}
-
-
-def fewshot_extraction_slice(dataset):
-    return {
-        **encoder_slice(),
-        "extraction": config["extraction"],
-        "templates": templates_for(dataset),
+def fill(template, w, **overrides):
+    """A path template filled from the wildcards ``w`` (and overrides)."""
+    values = {
+        k: getattr(w, k)
+        for k in ("backbone", "dataset", "shot", "seed")
+        if hasattr(w, k)
     }
-
-
-def cache_expectation(dataset):
-    """What stage 2 checks in the cache's attributes before trusting it."""
-    return {
-        "model": config["encoder"]["model"],
-        "pretrained": config["encoder"].get("pretrained") or "",
-        "templates": templates_for(dataset),
-    }
-
-
-# ---------------------------------------------------------------- paths
+    return template.format(**{**values, **overrides})
 
 
 def split_file(dataset):
@@ -156,50 +157,128 @@ def split_file(dataset):
     return f"{DATA_ROOT}/{info.folder}/{info.split_file}"
 
 
-CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors"}
-
-
 def encoder_inputs():
-    """A local checkpoint is an input: replacing the file reruns extraction."""
+    """A local checkpoint is an input: replacing the file reruns everything that encodes."""
     pretrained = config["encoder"].get("pretrained")
-    if pretrained and (
-        len(Path(pretrained).parts) > 1
-        or Path(pretrained).suffix in CHECKPOINT_SUFFIXES
-    ):
-        return [pretrained]
-    return []
+    return [pretrained] if pretrained and is_checkpoint_path(pretrained) else []
 
 
-def fewshot_cache(
-    backbone="{backbone}", dataset="{dataset}", shot="{shot}", seed="{seed}"
-):
-    return f"{RESULTS}/features/{backbone}/{dataset}/{shot}shot_seed{seed}.h5"
+def needs_encoder(backbone):
+    spec = SPECS[backbone]
+    return spec.encodes_images or spec.changes in ("text", "both")
 
 
-def test_cache(wildcards):
-    """One test file per dataset for frozen image encoders (every zero-shot-image backbone)."""
-    return f"{RESULTS}/features/{wildcards.backbone}/{wildcards.dataset}/test.h5"
+def test_cache(backbone, w):
+    """The test cache a backbone's runs read: per dataset (its image source's) or its own per run."""
+    if SPECS[backbone].frozen_image_encoder:
+        return fill(TEST_H5, w, backbone=image_source(backbone))
+    return fill(RUN_TEST_H5, w, backbone=backbone)
 
 
-def run_name(backbone, dataset, shot, seed):
-    return f"{backbone}/{dataset}/{shot}shot_seed{seed}"
+# ---------------------------------------------------------------- config slices (rule params)
 
 
-def fma_metrics(backbone):
-    return expand(
-        f"{RESULTS}/fma/{backbone}/{{dataset}}/{{shot}}shot_seed{{seed}}.json",
-        dataset=DATASETS,
-        shot=SHOTS,
-        seed=SEEDS,
+def encoder_slice():
+    return {"encoder": config["encoder"]}
+
+
+def cache_expectation(backbone, dataset):
+    """What stage 2 checks in a few-shot cache's attributes before trusting it."""
+    return {
+        "model": config["encoder"]["model"],
+        "pretrained": config["encoder"].get("pretrained") or "",
+        "templates": templates_for(config, backbone, dataset),
+    }
+
+
+def extract_slice(backbone, dataset):
+    """The config one extraction job depends on (besides its input files)."""
+    out = {**encoder_slice(), "templates": templates_for(config, backbone, dataset)}
+    if SPECS[backbone].encodes_images:
+        out["extraction"] = extraction_slice(config, dataset)
+    return out
+
+
+def fit_slice(backbone, dataset, shot):
+    """The config one fit_backbone job depends on (besides its input files)."""
+    out = {
+        **encoder_slice(),
+        "recipe": recipe_slice(config, backbone, dataset, shot),
+        "templates": templates_for(config, backbone, dataset),
+    }
+    if SPECS[backbone].fit_input == "images":
+        out["extraction"] = extraction_slice(config, dataset)
+    return out
+
+
+# ---------------------------------------------------------------- rule inputs
+
+
+def fit_inputs(w):
+    spec = SPECS[w.backbone]
+    if spec.fit_input == "features":
+        inputs = {"fewshot": fill(FEWSHOT_H5, w, backbone=spec.reuses)}
+    else:
+        inputs = {"split": split_file(w.dataset), "run_split": fill(SPLIT_JSON, w)}
+    if needs_encoder(w.backbone):
+        inputs["encoder"] = encoder_inputs()
+    return inputs
+
+
+def fit_args(w, input):
+    if SPECS[w.backbone].fit_input == "features":
+        return f"--fewshot {shlex.quote(input.fewshot)}"
+    return f"--data-root {shlex.quote(DATA_ROOT)} --split-file {shlex.quote(input.run_split)}"
+
+
+def extract_inputs(w):
+    spec = SPECS[w.backbone]
+    inputs = {"split": split_file(w.dataset), "run_split": fill(SPLIT_JSON, w)}
+    if needs_encoder(w.backbone):
+        inputs["encoder"] = encoder_inputs()
+    if spec.trains:
+        inputs["state"] = fill(FIT_PT, w)
+    if spec.reuses:
+        inputs["reuse_fewshot"] = fill(FEWSHOT_H5, w, backbone=spec.reuses)
+        if not spec.frozen_image_encoder:
+            inputs["reuse_test"] = test_cache(spec.reuses, w)
+    return inputs
+
+
+def extract_args(w, input):
+    args = []
+    for key in ("state", "reuse_fewshot", "reuse_test"):
+        if key in input.keys():
+            args.append(f"--{key.replace('_', '-')} {shlex.quote(input[key])}")
+    return " ".join(args)
+
+
+def stage2_inputs(w):
+    """A stage-2 job reads its backbone's few-shot cache and test cache; per-image class texts
+    (CoCoOp) are computed on the fly from the trained backbone."""
+    inputs = {"fewshot": fill(FEWSHOT_H5, w), "test": test_cache(w.backbone, w)}
+    if SPECS[w.backbone].per_image_text:
+        inputs["state"] = fill(FIT_PT, w)
+        inputs["encoder"] = encoder_inputs()
+    return inputs
+
+
+def state_args(w, input):
+    return (
+        f"--backbone-state {shlex.quote(input.state)}"
+        if "state" in input.keys()
+        else ""
     )
 
 
-def probe_results(backbone):
+def runs(template, backbones, datasets=None, shots=None, **extra):
     return expand(
-        f"{RESULTS}/probe/{backbone}/{{dataset}}/{{shot}}shot_seed{{seed}}.json",
-        dataset=DATASETS,
-        shot=SHOTS,
+        template,
+        backbone=backbones,
+        dataset=datasets or DATASETS,
+        shot=shots or SHOTS,
         seed=SEEDS,
+        **extra,
     )
 
 
@@ -207,10 +286,8 @@ def probe_results(backbone):
 
 ABLATIONS = config.get("ablations", {})
 ABLATION_VARIANTS = ABLATIONS.get("variants", {})
+ABLATION_BACKBONES = ABLATIONS.get("backbones", []) if ABLATION_VARIANTS else []
 ABLATION_LABELS = {name: v.get("label", name) for name, v in ABLATION_VARIANTS.items()}
-ABLATION_TABLES = ", ".join(
-    f"{RESULTS}/tables/{backbone}/ablations.md" for backbone in BACKBONES
-)
 
 
 def canonical_ordered(obj):
@@ -226,38 +303,30 @@ def variant_is_online(variant):
     return bool(variant_fma_slice(variant).get("online"))
 
 
-def online_args(variant):
-    """Extra train_fma arguments for online views: the images and the extraction rule's encoder slice."""
-    if not variant_is_online(variant):
+def online_args(w):
+    """train_fma arguments for online views: the images and the extraction rule's encoder slice."""
+    if not variant_is_online(w.variant):
         return ""
-    slice_ = {"encoder": config["encoder"], "extraction": config["extraction"]}
+    slice_ = {**encoder_slice(), "extraction": extraction_slice(config, w.dataset)}
     return f"--data-root {shlex.quote(DATA_ROOT)} --online-config {shlex.quote(canonical(slice_))}"
 
 
-def ablation_runs(backbone):
-    return expand(
-        f"{RESULTS}/ablations/{backbone}/{{dataset}}/{{shot}}shot_seed{{seed}}/{{variant}}.json",
-        dataset=ABLATIONS.get("datasets", []),
-        shot=ABLATIONS.get("shots", []),
-        seed=SEEDS,
+def ablation_runs():
+    return runs(
+        VARIANT_JSON,
+        ABLATION_BACKBONES,
+        ABLATIONS.get("datasets", []),
+        ABLATIONS.get("shots", []),
         variant=list(ABLATION_VARIANTS),
     )
 
 
-def ablation_table_outputs():
-    return expand(
-        f"{RESULTS}/tables/{{backbone}}/ablations.{{ext}}",
-        backbone=BACKBONES,
-        ext=["md", "csv", "tex"],
-    )
+# ---------------------------------------------------------------- targets
 
-
-TABLE_DIRS = ", ".join(f"{RESULTS}/tables/{backbone}/" for backbone in BACKBONES)
-
-
-def table_outputs():
-    return expand(
-        f"{RESULTS}/tables/{{backbone}}/{{name}}",
-        backbone=BACKBONES,
-        name=["fewshot.md", "fewshot.csv", "fewshot.tex", "curves.png"],
-    )
+TABLE_FILES = [
+    f"{TABLES}/{name}.{ext}"
+    for name in ("fewshot", "plugplay")
+    for ext in ("md", "csv", "tex")
+]
+TABLE_FILES.append(f"{TABLES}/curves.png")
+ABLATION_TABLE_FILES = [f"{TABLES}/ablations.{ext}" for ext in ("md", "csv", "tex")]

@@ -20,13 +20,13 @@ rule build_demo_dataset:
 
 
 rule sample_fewshot:
-    """k images per class from train, then min(k, 4) from val, for one seed (SPEC 1)."""
+    """k images per class from train, then min(k, 4) from val, for one seed (docs/protocol.md)."""
     input:
         split=lambda w: split_file(w.dataset),
     output:
-        f"{RESULTS}/splits/{{dataset}}/{{shot}}shot_seed{{seed}}.json",
+        SPLIT_JSON,
     log:
-        f"{RESULTS}/logs/sample_fewshot/{{dataset}}/{{shot}}shot_seed{{seed}}.log",
+        f"{RESULTS}/logs/sample_fewshot/{RUN}.log",
     conda:
         "../../envs/pipeline.yaml"
     params:

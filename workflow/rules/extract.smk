@@ -1,20 +1,32 @@
-# Stage 1 -> cache: encode images and class texts with the backbone, write HDF5 (pipeline/feature_cache.py).
+# Stage 1 -> cache: HDF5 features per backbone (pipeline/features/cache.py). What runs is decided by
+# the registry: a per-dataset test cache for a frozen image encoder that encodes images, a few-shot
+# cache per run for every backbone, and a per-run test cache when the image side changes.
+
+EXTRACT = (
+    "python -m pipeline.extract --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
+    " --data-root {params.data_root} --config {params.cfg:q}"
+    " --device {resources.device} --batch-size {resources.infer_batch}"
+    " --workers {resources.io_workers} --threads {threads}"
+)
+RUN_ARGS = " --split-file {input.run_split} --shot {wildcards.shot} --seed {wildcards.seed} {params.sources}"
 
 
 rule extract_test:
-    """Test-split image features, once per backbone and dataset (frozen image encoder)."""
+    """Test-split image features, once per dataset (frozen image encoder)."""
     input:
         split=lambda w: split_file(w.dataset),
         encoder=encoder_inputs(),
     output:
-        f"{RESULTS}/features/{{backbone}}/{{dataset}}/test.h5",
+        TEST_H5,
     log:
-        f"{RESULTS}/logs/extract_test/{{backbone}}/{{dataset}}.log",
+        log_path("extract_test", "{dataset}"),
+    wildcard_constraints:
+        backbone=alternatives(TEST_PER_DATASET),
     conda:
         "../../envs/pipeline.yaml"
-    threads: 2
+    threads: STAGE1_THREADS
     resources:
-        gpu=1,
+        gpu=GPU_JOB,
         device=RUNTIME_DEVICE,
         infer_batch=INFER_BATCH,
         io_workers=IO_WORKERS,
@@ -23,37 +35,59 @@ rule extract_test:
         data_root=DATA_ROOT,
         version=EXTRACTION_VERSION,
     shell:
-        "python -m pipeline.extract --kind test --backbone {wildcards.backbone}"
-        " --dataset {wildcards.dataset} --data-root {params.data_root} --config {params.cfg:q}"
-        " --device {resources.device} --batch-size {resources.infer_batch}"
-        " --workers {resources.io_workers} --threads {threads} --out {output} > {log} 2>&1"
+        f"{EXTRACT} --out {{output}} > {{log}} 2>&1"
 
 
 rule extract_fewshot:
-    """Few-shot train views (center + K augmented), val features and class text features."""
+    """One run's few-shot cache (train views, val, class texts); the test cache is per dataset."""
     input:
-        split=lambda w: split_file(w.dataset),
-        fewshot=f"{RESULTS}/splits/{{dataset}}/{{shot}}shot_seed{{seed}}.json",
-        encoder=encoder_inputs(),
+        unpack(extract_inputs),
     output:
-        fewshot_cache(),
+        FEWSHOT_H5,
     log:
-        f"{RESULTS}/logs/extract_fewshot/{{backbone}}/{{dataset}}/{{shot}}shot_seed{{seed}}.log",
+        log_path("extract_fewshot"),
+    wildcard_constraints:
+        backbone=alternatives(FROZEN_IMAGE),
     conda:
         "../../envs/pipeline.yaml"
-    threads: 2
+    threads: STAGE1_THREADS
     resources:
-        gpu=1,
+        gpu=GPU_JOB,
         device=RUNTIME_DEVICE,
         infer_batch=INFER_BATCH,
         io_workers=IO_WORKERS,
     params:
-        cfg=lambda w: canonical(fewshot_extraction_slice(w.dataset)),
+        cfg=lambda w: canonical(extract_slice(w.backbone, w.dataset)),
+        sources=extract_args,
         data_root=DATA_ROOT,
         version=EXTRACTION_VERSION,
     shell:
-        "python -m pipeline.extract --kind fewshot --backbone {wildcards.backbone}"
-        " --dataset {wildcards.dataset} --data-root {params.data_root} --split-file {input.fewshot}"
-        " --shot {wildcards.shot} --seed {wildcards.seed} --config {params.cfg:q}"
-        " --device {resources.device} --batch-size {resources.infer_batch}"
-        " --workers {resources.io_workers} --threads {threads} --out {output} > {log} 2>&1"
+        f"{EXTRACT}{RUN_ARGS} --out {{output}} > {{log}} 2>&1"
+
+
+rule extract_run:
+    """One run's few-shot cache and its own test cache (the backbone changes the image side)."""
+    input:
+        unpack(extract_inputs),
+    output:
+        fewshot=FEWSHOT_H5,
+        test=RUN_TEST_H5,
+    log:
+        log_path("extract_run"),
+    wildcard_constraints:
+        backbone=alternatives(IMAGE_CHANGED),
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: STAGE1_THREADS
+    resources:
+        gpu=GPU_JOB,
+        device=RUNTIME_DEVICE,
+        infer_batch=INFER_BATCH,
+        io_workers=IO_WORKERS,
+    params:
+        cfg=lambda w: canonical(extract_slice(w.backbone, w.dataset)),
+        sources=extract_args,
+        data_root=DATA_ROOT,
+        version=EXTRACTION_VERSION,
+    shell:
+        f"{EXTRACT}{RUN_ARGS} --out {{output.fewshot}} --test-out {{output.test}} > {{log}} 2>&1"

@@ -1,15 +1,15 @@
-# Stage 2: FMA velocity field on the cached features; val/test accuracy at every Euler step, M on val.
+# Stage 2: FMA velocity field on one backbone's cached features; val/test accuracy at every Euler
+# step, M chosen on val; one result record per run (pipeline/report/records.py).
 
 
 rule train_fma:
     input:
-        fewshot=fewshot_cache(),
-        test=test_cache,
+        unpack(stage2_inputs),
     output:
-        metrics=f"{RESULTS}/fma/{{backbone}}/{{dataset}}/{{shot}}shot_seed{{seed}}.json",
-        checkpoint=f"{RESULTS}/fma/{{backbone}}/{{dataset}}/{{shot}}shot_seed{{seed}}.pt",
+        metrics=FMA_JSON,
+        checkpoint=FMA_PT,
     log:
-        f"{RESULTS}/logs/train_fma/{{backbone}}/{{dataset}}/{{shot}}shot_seed{{seed}}.log",
+        log_path("train_fma"),
     conda:
         "../../envs/pipeline.yaml"
     threads: 1
@@ -17,11 +17,12 @@ rule train_fma:
         device=RUNTIME_DEVICE,
     params:
         cfg=canonical(config["fma"]),
-        expect=lambda w: canonical(cache_expectation(w.dataset)),
+        expect=lambda w: canonical(cache_expectation(w.backbone, w.dataset)),
+        state=state_args,
         version=FMA_VERSION,
     shell:
         "python -m pipeline.train_fma --fewshot {input.fewshot} --test {input.test}"
         " --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
-        " --shot {wildcards.shot} --seed {wildcards.seed}"
+        " --shot {wildcards.shot} --seed {wildcards.seed} {params.state}"
         " --config {params.cfg:q} --expect {params.expect:q} --device {resources.device} --threads {threads}"
         " --metrics {output.metrics} --checkpoint {output.checkpoint} > {log} 2>&1"

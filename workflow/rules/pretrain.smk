@@ -14,7 +14,7 @@ rule pretrain_demo_backbone:
         "../../envs/pipeline.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=GPU_JOB,
         device=RUNTIME_DEVICE,
     params:
         cfg=lambda w: canonical({**config["demo_backbone"], "model": w.model}),

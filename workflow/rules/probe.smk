@@ -1,20 +1,20 @@
-# Stage 2: linear probe on the cached features (CoOp's lpclip protocol, C searched on val).
+# Stage 2: linear probe on the cached image features (CoOp's lpclip protocol, C searched on val).
 
 
-rule linear_probe:
+rule train_probe:
     input:
-        fewshot=fewshot_cache(),
-        test=test_cache,
+        fewshot=FEWSHOT_H5,
+        test=lambda w: test_cache(w.backbone, w),
     output:
-        f"{RESULTS}/probe/{{backbone}}/{{dataset}}/{{shot}}shot_seed{{seed}}.json",
+        PROBE_JSON,
     log:
-        f"{RESULTS}/logs/linear_probe/{{backbone}}/{{dataset}}/{{shot}}shot_seed{{seed}}.log",
+        log_path("train_probe"),
     conda:
         "../../envs/pipeline.yaml"
     threads: 1
     params:
         cfg=canonical(config["probe"]),
-        expect=lambda w: canonical(cache_expectation(w.dataset)),
+        expect=lambda w: canonical(cache_expectation(w.backbone, w.dataset)),
         version=PROBE_VERSION,
     shell:
         "python -m pipeline.train_probe --fewshot {input.fewshot} --test {input.test}"

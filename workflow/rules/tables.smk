@@ -1,23 +1,22 @@
-# Result tables (CSV, Markdown, LaTeX) and the accuracy-vs-Euler-step figure, per backbone.
+# Result tables (CSV, Markdown, LaTeX) and the accuracy-vs-Euler-step figure, from every run's
+# result record, whatever the method (pipeline/report/).
 
 
 rule make_tables:
     input:
-        fma=lambda w: fma_metrics(w.backbone),
-        probe=lambda w: probe_results(w.backbone),
+        records=runs(FMA_JSON, BACKBONES) + runs(PROBE_JSON, BACKBONES),
     output:
-        md=f"{RESULTS}/tables/{{backbone}}/fewshot.md",
-        csv=f"{RESULTS}/tables/{{backbone}}/fewshot.csv",
-        tex=f"{RESULTS}/tables/{{backbone}}/fewshot.tex",
-        png=f"{RESULTS}/tables/{{backbone}}/curves.png",
+        TABLE_FILES,
     log:
-        f"{RESULTS}/logs/make_tables/{{backbone}}.log",
+        f"{RESULTS}/logs/make_tables.log",
     localrule: True
     conda:
         "../../envs/pipeline.yaml"
     params:
         groups=canonical(config["groups"]),
+        order=canonical_ordered(BACKBONES),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
         version=TABLES_VERSION,
     shell:
-        "python -m pipeline.make_tables --fma {input.fma} --probe {input.probe}"
-        " --groups {params.groups:q} --out-dir $(dirname {output.md}) > {log} 2>&1"
+        "python -m pipeline.make_tables --records {input.records} --groups {params.groups:q}"
+        " --backbones {params.order:q} --out-dir {params.out_dir} > {log} 2>&1"

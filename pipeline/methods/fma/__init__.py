@@ -1,1 +1,1 @@
-"""Flow Matching Alignment (SPEC 2): probability path, velocity net, trainer and early-stopping solver."""
+"""Flow Matching Alignment (docs/methods.md, section F): path, net, training, solver, evaluation, I/O."""

@@ -10,7 +10,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from pipeline.features.views import EpochImages
-from pipeline.methods.fma.trainer import compute_sigma2
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +20,8 @@ class OnlineViews:
     The official FMA code's way of training: at the start of every epoch each of the N training
     images is decoded, augmented once (``images``, seeded per epoch and image) and encoded by the
     frozen backbone under ``torch.no_grad``. The time spent is summed in ``encode_seconds``.
-    sigma^2 (noise augmentation) is estimated from epoch 0's features.
+    sigma^2 of the paper's noise comes from the cache's center views as with cached views
+    (docs/methods.md, Eq. (F4)), not from the online features.
 
     Args:
         images: the N training images in the order of the trainer's labels, one view per epoch.
@@ -72,9 +72,6 @@ class OnlineViews:
             self._x, self._epoch = self.encode_epoch(epoch), epoch
         assert self._x is not None
         return self._x
-
-    def sigma2(self) -> torch.Tensor:
-        return compute_sigma2(self._ensure(0)[:, None])  # (D,); epoch 0's features are reused
 
     def start_epoch(self, epoch: int, gen: torch.Generator) -> None:
         self._ensure(epoch)  # no draws from gen: the augmentation is seeded per item

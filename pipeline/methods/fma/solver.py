@@ -1,4 +1,4 @@
-"""Early-stopping solver (ESS): explicit Euler steps of the FMA flow, accuracy per step, choice of M."""
+"""Early-stopping solver: Euler steps of the flow, accuracy per step, choice of M (docs/methods.md, F10)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from pipeline.features.texts import cosine_logits
 
 VelocityField = Callable[[Tensor, Tensor], Tensor]  # (x (B, D), t (B,)) -> (B, D)
 
@@ -20,7 +22,7 @@ def euler_trajectory(
     max_steps: int,
     batch_size: int | None = None,
 ) -> Tensor:
-    """Integrate dx/dt = u(x, t) from t = 0 with explicit Euler, keeping every step.
+    """Integrate dx/dt = u(x, t) from t = 0 with explicit Euler, keeping every step, Eq. (F10).
 
     x_{m+1} = x_m + h u(x_m, t_m), t_{m+1} = t_m + h; no renormalisation between steps (the
     classifier normalises at the end).
@@ -49,8 +51,16 @@ def euler_trajectory(
 
 
 def classify(x: Tensor, text: Tensor) -> Tensor:
-    """Argmax of the cosine similarity of (N, D) features with (C, D) class texts -> (N,) class ids."""
-    return (F.normalize(x, dim=-1) @ F.normalize(text, dim=-1).T).argmax(dim=-1)
+    """Argmax cosine of (N, D) features with (C, D) or per-image (N, C, D) texts -> (N,) ids, Eq. (F10)."""
+    return cosine_logits(x, text).argmax(dim=-1)
+
+
+def own_text(text: Tensor, labels: Tensor) -> Tensor:
+    """Each image's own class text z_y: (C, D) or (N, C, D) texts and (N,) labels -> (N, D)."""
+    labels = labels.to(text.device)
+    if text.ndim == 2:
+        return text[labels]
+    return text[torch.arange(labels.shape[0], device=text.device), labels]
 
 
 def accuracy_per_step(trajectory: Tensor, labels: Tensor, text: Tensor) -> list[float]:
@@ -62,49 +72,12 @@ def accuracy_per_step(trajectory: Tensor, labels: Tensor, text: Tensor) -> list[
 
 def distance_per_step(trajectory: Tensor, labels: Tensor, text: Tensor) -> list[float]:
     """Mean Euclidean distance ||x_m - z_y|| of the unnormalised feature to its class text, per step."""
-    z = text[labels.to(text.device)].to(trajectory.device)  # (N, D)
+    z = own_text(text, labels).to(trajectory.device)  # (N, D)
     return [torch.linalg.vector_norm(x - z, dim=-1).mean().item() for x in trajectory]
 
 
-@torch.no_grad()
-def evaluate_steps(
-    velocity: VelocityField,
-    x0: Tensor,
-    labels: Tensor,
-    text: Tensor,
-    step_size: float,
-    max_steps: int,
-    batch_size: int = 4096,
-) -> tuple[list[float], list[float]]:
-    """Accuracy (%) and mean distance to the class text at M = 0..max_steps, in bounded memory.
-
-    Same numbers as ``accuracy_per_step`` and ``distance_per_step`` on the full trajectory, but only
-    one batch's trajectory is held at a time (a test split can hold tens of thousands of images).
-
-    Args:
-        x0: (N, D) features; labels: (N,); text: (C, D).
-
-    Returns:
-        (accuracy per step, distance per step), each of length max_steps + 1.
-    """
-    n = x0.shape[0]
-    assert n > 0, "evaluate_steps needs at least one sample"
-    correct = torch.zeros(max_steps + 1, dtype=torch.float64)
-    dist = torch.zeros(max_steps + 1, dtype=torch.float64)
-    text = text.to(x0.device)
-    labels = labels.to(x0.device)
-    for start in range(0, n, batch_size):
-        xb, yb = x0[start : start + batch_size], labels[start : start + batch_size]
-        traj = euler_trajectory(velocity, xb, step_size, max_steps)  # (M + 1, B, D)
-        z = text[yb]  # (B, D)
-        for m, x in enumerate(traj):
-            correct[m] += (classify(x, text) == yb).sum().item()
-            dist[m] += torch.linalg.vector_norm(x - z, dim=-1).double().sum().item()
-    return (100.0 * correct / n).tolist(), (dist / n).tolist()
-
-
 def select_m(val_acc: list[float]) -> int:
-    """M with the best validation accuracy, ties to the smaller M (fewer steps, closer to the backbone)."""
+    """M with the best accuracy, ties to the smaller M (fewer steps, closer to the backbone), Eq. (F11)."""
     assert len(val_acc) > 0
     best = max(val_acc)
     return next(m for m, acc in enumerate(val_acc) if acc == best)

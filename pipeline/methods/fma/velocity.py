@@ -1,26 +1,21 @@
-"""The FMA velocity network u(x, t): a DiT-style adaLN residual MLP conditioned only on time (SPEC 2)."""
+"""The FMA velocity net u(x, t): a DiT-style adaLN residual MLP conditioned on t (docs/methods.md, F7-F8)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
-import pickle
 
 import torch
 from torch import Tensor, nn
 
-from pipeline.core.atomic import atomic_path
-from pipeline.core.config import FMAConfig, from_dict
-from pipeline.core.errors import InputError
-
 FREQ_DIM = 256  # width of the sinusoidal time embedding
-TIME_SCALE = 1000.0  # t in [0, 1] is scaled to [0, 1000] before the sinusoids, as in DiT
+OFFICIAL_TIME_SCALE = 1.0  # the official FMA code embeds t in [0, 1] as is
+DIT_TIME_SCALE = 1000.0  # DiT (and this pipeline before FMA_VERSION 2) embeds 1000 t
 MAX_PERIOD = 10000.0
+LN_EPS = 1e-6
 
 
 def timestep_embedding(t: Tensor, dim: int = FREQ_DIM, max_period: float = MAX_PERIOD) -> Tensor:
-    """Sinusoidal embedding of (already scaled) times, cosine half first then sine half.
+    """Sinusoidal embedding of (already scaled) times, cosine half first then sine half, Eq. (F8).
 
     emb_i = cos(t w_i) for i < dim/2, sin(t w_{i - dim/2}) after, with w_i = max_period^(-i / (dim/2)).
 
@@ -45,24 +40,27 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 
 
 class TimeEmbedder(nn.Module):
-    """t -> Linear(256, D), SiLU, Linear(D, D) of the sinusoidal embedding of 1000 t."""
+    """t -> Linear(256, D), SiLU, Linear(D, D) of the sinusoidal embedding of ``time_scale`` t, Eq. (F8)."""
 
-    def __init__(self, dim: int, freq_dim: int = FREQ_DIM) -> None:
+    def __init__(self, dim: int, time_scale: float = OFFICIAL_TIME_SCALE, freq_dim: int = FREQ_DIM) -> None:
         super().__init__()
         self.freq_dim = freq_dim
+        self.time_scale = float(time_scale)
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t * TIME_SCALE, self.freq_dim))  # (B, D)
+        return self.mlp(timestep_embedding(t * self.time_scale, self.freq_dim))  # (B, D)
 
 
 class AdaLNBlock(nn.Module):
-    """Residual MLP block: x + gate * MLP(modulate(LN(x), shift, scale)), (shift, scale, gate) from c."""
+    """Residual MLP block, Eq. (F7): x + gate MLP(modulate(LN(x), shift, scale)), (shift, scale, gate) from c.
+
+    The LayerNorm has affine weight and bias (eps 1e-6), as the official code's ``ResBlock.in_ln``.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        # No affine parameters: the time-conditioned shift and scale take their place.
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=True, eps=LN_EPS)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 3 * dim))
 
@@ -72,11 +70,11 @@ class AdaLNBlock(nn.Module):
 
 
 class FinalLayer(nn.Module):
-    """LN without affine, time-conditioned shift and scale, then Linear(D, D) to the velocity."""
+    """LN without affine, time-conditioned shift and scale, then Linear(D, D) to the velocity, Eq. (F7)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=LN_EPS)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         self.linear = nn.Linear(dim, dim)
 
@@ -86,18 +84,25 @@ class FinalLayer(nn.Module):
 
 
 class VelocityNet(nn.Module):
-    """u_theta(x_t, t): (B, D) features and (B,) times in [0, 1] -> (B, D) velocities.
+    """u_theta(x_t, t): (B, D) features and (B,) times in [0, 1] -> (B, D) velocities, Eq. (F7).
 
-    Width equals the feature dim D (512 for ViT-B/16); ``blocks`` residual blocks (paper 6, code 12);
-    no dropout. A fresh net returns exactly zero (see ``initialize_weights``).
+    Width equals the feature dim D (512 for ViT-B/16); ``blocks`` residual blocks (official code 12,
+    paper 6); no dropout. A fresh net returns exactly zero (see ``initialize_weights``). The layout is
+    the official ``DeepFlowMatchingNet`` under other parameter names (``checkpoint.OFFICIAL_NAMES``).
+
+    Args:
+        dim: feature dim D.
+        blocks: residual blocks.
+        time_scale: t is embedded as ``time_scale`` t (1.0: official code; 1000: DiT).
     """
 
-    def __init__(self, dim: int, blocks: int = 6) -> None:
+    def __init__(self, dim: int, blocks: int = 12, time_scale: float = OFFICIAL_TIME_SCALE) -> None:
         super().__init__()
         self.dim = dim
         self.n_blocks = blocks
+        self.time_scale = float(time_scale)
         self.input = nn.Linear(dim, dim)
-        self.time = TimeEmbedder(dim)
+        self.time = TimeEmbedder(dim, time_scale)
         self.blocks = nn.ModuleList(AdaLNBlock(dim) for _ in range(blocks))
         self.final = FinalLayer(dim)
         self.initialize_weights()
@@ -106,7 +111,8 @@ class VelocityNet(nn.Module):
         """Xavier-uniform weights and zero biases; time MLP N(0, 0.02); modulations and output zeroed.
 
         Zero gates make every block the identity and the zeroed output layer makes u = 0, so training
-        starts from the identity transport (ESS at any M is then the backbone itself).
+        starts from the identity transport (the solver at any M is then the backbone itself). Block
+        LayerNorms start at weight 1, bias 0 (torch's default).
         """
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -129,40 +135,3 @@ class VelocityNet(nn.Module):
         for block in self.blocks:
             h = block(h, c)
         return self.final(h, c)  # (B, D)
-
-
-def save_velocity(path: str | os.PathLike, net: VelocityNet, cfg: FMAConfig, selected_m: int) -> None:
-    """Write a checkpoint atomically; it loads with ``torch.load(path, weights_only=True)``.
-
-    Layout: {"state_dict", "config": asdict(cfg), "dim", "blocks", "selected_m", "step_size"}.
-    """
-    state = {
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        "config": dataclasses.asdict(cfg),
-        "dim": int(net.dim),
-        "blocks": int(net.n_blocks),
-        "selected_m": int(selected_m),
-        "step_size": float(cfg.step_size),
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def load_velocity(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[VelocityNet, FMAConfig]:
-    """Read a checkpoint written by ``save_velocity``: (net in eval mode on ``device``, its FMAConfig).
-
-    Raises:
-        InputError: the file is missing or is not such a checkpoint.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net = VelocityNet(int(state["dim"]), int(state["blocks"]))
-        net.load_state_dict(state["state_dict"])
-    except FileNotFoundError:
-        raise InputError(f"{path}: checkpoint not found") from None
-    except (KeyError, RuntimeError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as err:
-        raise InputError(f"{path}: not an FMA velocity checkpoint ({err})") from None
-    cfg = from_dict(FMAConfig, state["config"])
-    return net.to(device).eval(), cfg

@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from pipeline.features.cache import write_fewshot_cache, write_test_cache
+from pipeline.report.records import read_record
 from pipeline.train_probe import main
 
 ATTRS = {
@@ -89,14 +90,16 @@ def test_main_writes_the_result_json(tmp_path):
     fewshot, test = _write_caches(tmp_path)
     out = tmp_path / "res" / "probe.json"
     assert main(_argv(fewshot, test, out)) == 0
-    res = json.loads(out.read_text())
-    assert res["method"] == "linear_probe"
+    res = read_record(out)  # the shared result-record envelope
+    assert res["stage"] == "linear_probe"
     assert (res["backbone"], res["dataset"], res["shot"], res["seed"]) == ("zeroshot", "toy", 2, 1)
-    assert (res["n_train"], res["n_val"], res["n_test"]) == (6, 6, 60)
-    assert res["test_acc"] > 90.0 and 0.0 <= res["val_acc"] <= 100.0
+    assert (res["info"]["n_train"], res["info"]["n_val"], res["info"]["n_test"]) == (6, 6, 60)
+    (probe,) = res["results"]
+    assert (probe["method"], probe["role"], probe["label"]) == ("linear_probe", "primary", "linear probe")
+    assert probe["test_acc"] > 90.0 and 0.0 <= probe["val_acc"] <= 100.0
     assert res["config"] == {"c_grid": [100.0, 1.0, 0.01], "search_steps": 3, "max_iter": 1000}
-    assert res["C"] in [c for c, _ in res["search"]]
-    assert res["train_seconds"] >= 0.0
+    assert probe["info"]["C"] in [c for c, _ in res["info"]["search"]]
+    assert res["timing"]["train_seconds"] >= 0.0
     assert [p.name for p in out.parent.iterdir()] == ["probe.json"]  # no temporary left behind
 
 

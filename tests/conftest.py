@@ -1,0 +1,36 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from pipeline.backbones.encoder import Encoder, load_encoder
+from pipeline.core.config import EncoderConfig
+
+
+def fresh_encoder() -> Encoder:
+    """A private copy of the tiny encoder, for CLIP-LoRA (which changes its model in place)."""
+    return load_encoder(EncoderConfig(model="demo-vit-t-28", pretrained=None), torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module: the 128-wide model runs fastest so, and is not slowed by
+    a busy second core. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder() -> Encoder:
+    """The demo architecture ``demo-vit-t-28`` (D = 128), seeded random init, frozen, on the CPU.
+
+    Shared by every test: never hand it to CLIP-LoRA, which attaches LoRA to the model in place
+    (use ``fresh_encoder()`` for that).
+    """
+    return fresh_encoder()

@@ -1,0 +1,95 @@
+"""The workflow config: presets, defaults, one-line errors naming the key, and per-rule slices."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.backbones import registry
+from pipeline.core.errors import InputError
+from pipeline.core.workflow_config import (
+    extraction_slice,
+    load_workflow_config,
+    needed_backbones,
+    recipe_slice,
+    templates_for,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+PRESETS = REPO / "workflow" / "presets"
+BASE = {
+    "results": "results",
+    "data_root": "results/demo_data",
+    "datasets": ["demo_digits"],
+    "shots": [1, 4],
+    "seeds": [1],
+    "backbones": ["coop"],
+    "encoder": {"model": "demo-vit-t-28", "pretrained": None},
+}
+
+
+def load(**changes) -> dict:
+    return load_workflow_config({**copy.deepcopy(BASE), **changes}, SCHEMA, PRESETS)
+
+
+def test_the_shipped_config_loads() -> None:
+    config = load_workflow_config(yaml.safe_load((REPO / "config.yaml").read_text()), SCHEMA, PRESETS)
+    assert set(config["backbones"]) <= set(registry.list_backbones())
+
+
+def test_defaults_preset_and_user_precedence() -> None:
+    config = load(preset="cpu", backbone_config={"coop": {"n_ctx": 4}})
+    preset = yaml.safe_load((PRESETS / "cpu.yaml").read_text())
+    coop = config["backbone_config"]["coop"]
+    assert (
+        coop["n_ctx"] == 4 and coop["epochs_by_shots"] == preset["backbone_config"]["coop"]["epochs_by_shots"]
+    )
+    assert config["extraction"]["views"] == 4 and config["runtime"]["device"] == "auto"  # schema defaults
+    no_preset = load()
+    assert no_preset["backbone_config"] == {}
+    # The published recipe for CoOp at 4 shots, 50 epochs with the preset, and a user override wins.
+    assert recipe_slice(no_preset, "coop", "demo_digits", 4)["epochs_by_shots"] == {"4": 100}
+    assert recipe_slice(config, "coop", "demo_digits", 4)["epochs_by_shots"] == {"4": 50}
+
+
+def test_needed_backbones_follow_reuse() -> None:
+    assert needed_backbones(load(backbones=["clip_adapter"])) == ["zeroshot", "clip_adapter"]
+    assert needed_backbones(load(backbones=["clip_lora"])) == ["clip_lora"]
+
+
+def test_slices_resolve_per_dataset_and_backbone() -> None:
+    config = load(extraction={"augment": {"demo_digits": {"crop_scale": [0.7, 1.0]}}})
+    assert extraction_slice(config, "demo_digits") == {"views": 4, "crop_scale": [0.7, 1.0], "hflip": False}
+    assert extraction_slice(config, "demo_fashion")["hflip"] is True  # the catalog's default
+    assert templates_for(config, "clip_lora", "demo_digits") == ["a photo of a {}."]  # its recipe's
+    assert templates_for(config, "coop", "demo_digits") == ["a photo of the digit {}."]  # the dataset's
+    # A schedule change for another shot count leaves this run's slice alone.
+    other = load(backbone_config={"coop": {"epochs_by_shots": {1: 50, 2: 100, 4: 100, 8: 7, 16: 7}}})
+    assert recipe_slice(other, "coop", "demo_digits", 4) == recipe_slice(load(), "coop", "demo_digits", 4)
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"backbones": ["coop", "cooop"]}, "unknown backbone 'cooop' (choose from zeroshot, coop,"),
+        ({"backbone_config": {"coop": {"n_ctxx": 4}}}, "backbone_config.coop.n_ctxx"),
+        ({"backbone_config": {"coop": {"lr": "fast"}}}, "backbone_config.coop.lr"),
+        ({"backbone_config": {"clip_lora": {"encoders": "audio"}}}, "backbone_config.clip_lora.encoders"),
+        ({"backbone_config": {"zeroshot": {"lr": 1.0}}}, "takes no settings"),
+        ({"preset": "gpu-cluster"}, "unknown preset 'gpu-cluster' (available: cpu)"),
+        ({"extraction": {"augment": {"demo_digits": {"crop_scale": [0.9, 0.5]}}}}, "crop_scale"),
+        ({"extraction": {"augment": {"demo_digits": {"crop_scale": [0.0, 0.5]}}}}, "crop_scale"),
+        ({"extraction": {"augment": {"imagenett": {"hflip": True}}}}, "extraction.augment.imagenett"),
+        ({"datasets": ["no_such_set"]}, "no_such_set"),
+        ({"shots": ["four"]}, "shots.0"),
+        ({"ablations": {"backbones": ["clip_lora"], "variants": {"a": {}}}}, "ablations.backbones"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(changes: dict, needle: str) -> None:
+    with pytest.raises(InputError) as err:
+        load(**changes)
+    assert needle in str(err.value) and "\n" not in str(err.value)

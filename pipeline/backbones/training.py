@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.backbones.base import Backbone
 from pipeline.backbones.recipes import TrainRecipe
-from pipeline.core.device import autocast
+from pipeline.core.device import adamw, autocast
 from pipeline.core.errors import InputError
 from pipeline.core.progress import Progress
 from pipeline.core.schedule import warmup_cosine_lr
@@ -107,7 +107,7 @@ def _optimizer(params: list[torch.nn.Parameter], recipe: TrainRecipe) -> torch.o
         return torch.optim.SGD(
             params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
         )
-    return torch.optim.AdamW(params, lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
+    return adamw(params, lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
 
 
 def fit(

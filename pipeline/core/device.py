@@ -37,3 +37,17 @@ def set_threads(threads: int | None) -> None:
     """Give torch the number of CPU threads Snakemake granted this job."""
     if threads:
         torch.set_num_threads(max(1, int(threads)))
+
+
+def adamw(params, **kwargs) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` with the fused kernel where this torch has one for the parameters' device.
+
+    The fused update is the same algorithm in one kernel: on the CPU it cuts the step of the
+    12-block FMA net from 4.6 to 1.3 ms (bench/fma_throughput.py). Torch builds without it (before
+    2.4 on the CPU) get the per-parameter loop.
+    """
+    params = list(params)
+    try:
+        return torch.optim.AdamW(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, **kwargs)

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.core.config import FMAConfig
-from pipeline.core.device import autocast
+from pipeline.core.device import adamw, autocast
 from pipeline.core.errors import InputError
 from pipeline.core.schedule import warmup_cosine_lr
 from pipeline.methods.fma.path import FlowPath, couple, estimate_sigma2, log_noise_scale
@@ -215,7 +215,7 @@ def train_velocity(
     gen = torch.Generator().manual_seed(seed)
     if path.sigma2 is not None:
         path = FlowPath.from_config(cfg, path.sigma2.to(device))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 

@@ -10,7 +10,7 @@ from pipeline.backbones import recipes
 from pipeline.backbones.cocoop import CoCoOp
 from pipeline.backbones.coop import CoOp
 from pipeline.backbones.encoder import Encoder, encode_texts
-from pipeline.backbones.prompts import encode_token_embeddings, prompt_tokens, text_width
+from pipeline.backbones.prompts import context_words, encode_token_embeddings, prompt_tokens, text_width
 from pipeline.core.errors import InputError
 
 NAMES = ["zero", "one", "two", "seven"]
@@ -135,3 +135,38 @@ def test_cocoop_texts_are_per_image_and_targets_pick_the_own_class(tiny_encoder:
     loss.backward()
     assert backbone.ctx.grad is not None and backbone.meta_net.linear1.weight.grad is not None
     assert not backbone.clip.training  # the frozen CLIP stays in eval mode while the method trains
+
+
+@pytest.mark.parametrize(
+    ("ctx_init", "templates", "want"),
+    [
+        ("", [], ("X X X", ".")),
+        ("a photo of a", ["ignored {}."], ("a photo of a", ".")),
+        ("template", ["a photo of the digit {}."], ("a photo of the digit", ".")),
+        ("template", ["a photo of a {}, a type of clothing."], ("a photo of a", ", a type of clothing.")),
+    ],
+)
+def test_context_words(ctx_init: str, templates: list[str], want: tuple[str, str]) -> None:
+    assert context_words(ctx_init, 3, templates) == want
+
+
+def test_context_from_a_template_without_words_before_the_class_is_refused() -> None:
+    with pytest.raises(InputError, match="ctx_init"):
+        context_words("template", 3, ["{} texture."])
+
+
+@pytest.mark.parametrize("template", ["a photo of the digit {}.", "a photo of a {}, a type of clothing."])
+def test_template_context_starts_at_the_zero_shot_texts(tiny_encoder: Encoder, template: str) -> None:
+    """ctx_init 'template': before training, CoOp's and CoCoOp's class texts are the zero-shot ones."""
+    want = encode_texts(tiny_encoder, NAMES, [template])
+    torch.manual_seed(0)
+    learner = CoOp(tiny_encoder, NAMES, [template], recipes.CoOp(ctx_init="template"), DIM).eval()
+    with torch.no_grad():
+        assert torch.allclose(learner.class_texts(), want, atol=1e-5)
+    torch.manual_seed(0)
+    conditional = CoCoOp(tiny_encoder, NAMES, [template], recipes.CoCoOp(ctx_init="template"), DIM).eval()
+    with torch.no_grad():  # the meta-net shifts the context: compare with its shift removed
+        conditional.meta_net.linear2.weight.zero_()
+        conditional.meta_net.linear2.bias.zero_()
+        got = conditional.image_class_texts(F.normalize(torch.randn(2, DIM), dim=-1))
+    assert torch.allclose(got, want.expand(2, -1, -1), atol=1e-5)

@@ -18,7 +18,12 @@ from pipeline.methods.fma.evaluate import (
     step_curves,
     stratified_folds,
 )
-from pipeline.methods.fma.solver import accuracy_per_step, distance_per_step, euler_trajectory
+from pipeline.methods.fma.solver import (
+    accuracy_per_step,
+    distance_per_step,
+    euler_trajectory,
+    select_m_with_margin,
+)
 from pipeline.methods.fma.trainer import FitResult
 from pipeline.report.records import check_record
 
@@ -128,9 +133,16 @@ def test_evaluate_fma_choices_and_results():
     _, _, _, u = _fixture(d=8)
     cfg = FMAConfig(max_steps=5, ensemble_steps=(0, 4))
     e = evaluate_fma(u, data, cfg, StaticTexts(data.text))
-    assert e.m == int(np.argmax(e.val.acc)) and e.m_full == 5 and e.m_oracle == int(np.argmax(e.test.acc))
+    assert e.m_argmax == int(np.argmax(e.val.acc)) and e.m_full == 5
+    assert e.m == select_m_with_margin(e.val.acc, len(data.val_y), cfg.select_margin)
+    assert e.m_oracle == int(np.argmax(e.test.acc))
+    assert (
+        evaluate_fma(u, data, FMAConfig(max_steps=5, select_margin=0.0), StaticTexts(data.text)).m
+        == e.m_argmax
+    )
     results = {r.method: r for r in e.results()}
-    assert list(results) == ["backbone", "fma", "fma_full", "fma_oracle", "fma_ensemble"]
+    assert list(results) == ["backbone", "fma", "fma_argmax", "fma_full", "fma_oracle", "fma_ensemble"]
+    assert results["fma_argmax"].test_acc == e.test.acc[e.m_argmax]
     assert results["backbone"].test_acc == e.test.acc[0] and results["backbone"].role == "baseline"
     fma = results["fma"]
     assert (fma.role, fma.label, fma.plug_and_play, fma.info) == ("primary", "FMA", True, {"m": e.m})

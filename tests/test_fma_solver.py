@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.core.config import FMAConfig
+from pipeline.core.errors import InputError
 from pipeline.features.texts import StaticTexts
 from pipeline.methods.fma.evaluate import step_curves
 from pipeline.methods.fma.solver import (
@@ -13,6 +15,7 @@ from pipeline.methods.fma.solver import (
     euler_trajectory,
     own_text,
     select_m,
+    select_m_with_margin,
 )
 
 
@@ -99,3 +102,22 @@ def test_mean_pairwise_cosine_closed_forms() -> None:
     assert mean_pairwise_cosine(np.ones((3, 8))) == pytest.approx(1.0, abs=1e-6)
     # Two opposite unit vectors: cosine -1 off the diagonal.
     assert mean_pairwise_cosine(np.array([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(-1.0)
+
+
+def test_m_leaves_the_backbone_only_on_evidence() -> None:
+    # 40 val images, 67.5 % at M = 0: se = 100 sqrt(0.675 x 0.325 / 40) = 7.41 points.
+    curve = [67.5, 70.0, 72.5, 75.0, 72.5]
+    assert select_m(curve) == 3
+    assert select_m_with_margin(curve, 40, 1.0) == 3  # +7.5 >= 7.41
+    assert select_m_with_margin(curve, 40, 1.1) == 0  # +7.5 < 8.15
+    assert select_m_with_margin([67.5, 70.0], 40, 1.0) == 0  # one image better is noise
+    assert select_m_with_margin(curve, 40, 0.0) == 3  # margin 0: the plain argmax
+    assert select_m_with_margin([80.0, 80.0, 60.0], 40, 1.0) == 0  # ties go to M = 0
+    # A perfect backbone on val: p is clipped to 1 - 1/n, so se stays > 0 and nothing beats it.
+    assert select_m_with_margin([100.0, 100.0], 10, 1.0) == 0
+
+
+def test_select_margin_must_be_a_finite_non_negative_number() -> None:
+    for bad in (-0.5, float("inf"), float("nan")):
+        with pytest.raises(InputError, match="fma.select_margin"):
+            FMAConfig(select_margin=bad)

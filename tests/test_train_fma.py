@@ -92,7 +92,14 @@ def test_main_writes_the_record_and_checkpoint(tmp_path):
         ("step", "val_acc", "test_acc", "val_dist", "test_dist"), 5
     )
     results = {r["method"]: r for r in record["results"]}
-    assert list(results) == ["backbone", "fma", "fma_full", "fma_oracle", "fma_ensemble"]  # no CV by default
+    assert list(results) == [
+        "backbone",
+        "fma",
+        "fma_argmax",
+        "fma_full",
+        "fma_oracle",
+        "fma_ensemble",
+    ]  # no CV
     m = record["info"]["selected_m"]
     assert results["fma"]["info"] == {"m": m} and results["fma"]["role"] == "primary"
     assert results["fma"]["plug_and_play"] is True and results["fma"]["label"] == "FMA"

@@ -86,6 +86,44 @@ def test_full_run_plans_and_writes_every_backbone(finished_run: Path) -> None:
     assert len(fit["loss_per_epoch"]) == 2
 
 
+@pytest.mark.parametrize("backbone", TINY["backbones"])
+def test_fma_at_m0_is_the_backbones_own_prediction(finished_run: Path, backbone: str) -> None:
+    """The cached features give FMA at M = 0 exactly the backbone's prediction, computed here end to
+    end from the test images through the (trained) model, not from any cache."""
+    import torch
+
+    from pipeline.backbones.encoder import load_encoder
+    from pipeline.backbones.loading import build_backbone, load_trained_backbone
+    from pipeline.core.config import EncoderConfig
+    from pipeline.data.coop import load_dataset, resolve_image
+    from pipeline.data.images import load_image
+    from pipeline.features.cache import read_attrs
+
+    results, run = finished_run / "results", "demo_digits/2shot_seed1"
+    cpu = torch.device("cpu")
+    encoder = load_encoder(EncoderConfig(TINY["encoder"]["model"], None), cpu)  # a fresh copy: LoRA edits it
+    splits = load_dataset("demo_digits", results / "demo_data")
+    if backbone == "zeroshot":
+        templates = read_attrs(results / f"features/zeroshot/{run}.h5")["templates"]
+        model = build_backbone("zeroshot", encoder, splits.classnames, templates, {}, encoder.dim)
+    else:
+        model = load_trained_backbone(results / f"backbones/{backbone}/{run}.pt", cpu, {}, encoder=encoder)
+    images = torch.stack([encoder.preprocess(load_image(resolve_image(splits, it))) for it in splits.test])
+    labels = torch.tensor([it.label for it in splits.test])
+    with torch.no_grad():
+        logits = model.logits(model.encode_images(images))  # (N, C): the backbone end to end
+    right = logits.argmax(dim=-1) == labels
+    # The untrained encoder of the tiny config makes near-ties; float noise (another batch size) may
+    # flip those, and only those, images (top-2 logits within 1e-3 of LOGIT_SCALE 100).
+    top2 = logits.topk(2, dim=-1).values
+    tied = (top2[:, 0] - top2[:, 1]) < 1e-3
+    low = 100.0 * (right & ~tied).double().mean().item()
+    high = 100.0 * (right | tied).double().mean().item()
+    record = json.loads((results / f"fma/{backbone}/{run}.json").read_text())
+    assert low - 1e-6 <= record["curves"]["test_acc"][0] <= high + 1e-6, (low, high, int(tied.sum()))
+    assert int(tied.sum()) <= 0.02 * len(labels)
+
+
 def test_dry_run_after_full_run_has_nothing_to_do(finished_run: Path) -> None:
     result = snakemake(finished_run, "-n", config=TINY)
     assert result.returncode == 0, result.stderr[-2000:]

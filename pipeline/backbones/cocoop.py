@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from pipeline.backbones import recipes
 from pipeline.backbones.base import LOGIT_SCALE, Backbone
 from pipeline.backbones.encoder import Encoder
-from pipeline.backbones.prompts import ContextPrompts, TextCache, text_width
+from pipeline.backbones.prompts import ContextPrompts, TextCache, context_words, text_width
+from pipeline.core.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,10 @@ class CoCoOp(Backbone):
         super().__init__(encoder, classnames, templates, cfg, dim)
         encoder = self.need_encoder()
         width = text_width(encoder.model)
-        self.prompts = ContextPrompts(encoder, cfg.ctx_init, self.classnames)
+        if not cfg.ctx_init.strip():
+            raise InputError("config key 'ctx_init': CoCoOp starts its context from words or 'template'")
+        prefix, suffix = context_words(cfg.ctx_init, 0, self.templates)
+        self.prompts = ContextPrompts(encoder, prefix, self.classnames, suffix)
         self.ctx = nn.Parameter(self.prompts.init.clone())  # (M, W)
         hidden = max(1, self.dim // cfg.meta_reduction)
         meta_net = nn.Sequential(

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from pipeline.backbones import recipes
 from pipeline.backbones.base import Backbone
 from pipeline.backbones.encoder import Encoder
-from pipeline.backbones.prompts import ContextPrompts, TextCache, text_width
+from pipeline.backbones.prompts import ContextPrompts, TextCache, context_words, text_width
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +24,11 @@ class CoOp(Backbone):
     z_c = normalize(g([sot, V_1, ..., V_M, w_c, ".", eot])) with g the frozen text tower; logits
     100 cos(x, z_c); cross-entropy. The image encoder is frozen, so CoOp trains on the cached
     zero-shot image features ((B, D) inputs to ``loss``); the class texts run through the text
-    tower with gradients at every training step. ``templates`` are not used: the context replaces
-    them. The context is drawn from N(0, ``ctx_init_std``^2) with torch's global RNG (seed it
-    first, as ``loading.build_backbone`` does). See docs/backbones.md, "CoOp".
+    tower with gradients at every training step. ``templates`` are not used (the context replaces
+    them) unless ``ctx_init`` is "template". With ``ctx_init`` empty (CoOp's default) the context is
+    drawn from N(0, ``ctx_init_std``^2) with torch's global RNG (seed it first, as
+    ``loading.build_backbone`` does); with words, it starts from their token embeddings
+    (``prompts.context_words``). See docs/backbones.md, "CoOp".
 
     Trainable parameters: ``ctx`` (M, W); 16 x 128 = 2048 on demo-vit-t-28.
     """
@@ -45,9 +47,13 @@ class CoOp(Backbone):
         super().__init__(encoder, classnames, templates, cfg, dim)
         encoder = self.need_encoder()
         width = text_width(encoder.model)
-        self.prompts = ContextPrompts(encoder, " ".join(["X"] * cfg.n_ctx), self.classnames)
-        assert self.prompts.n_ctx == cfg.n_ctx, (self.prompts.n_ctx, cfg.n_ctx)
-        ctx = torch.empty(cfg.n_ctx, width).normal_(0.0, cfg.ctx_init_std)  # (M, W), drawn on the CPU
+        prefix, suffix = context_words(cfg.ctx_init, cfg.n_ctx, self.templates)
+        self.prompts = ContextPrompts(encoder, prefix, self.classnames, suffix)
+        if cfg.ctx_init:  # the words' own token embeddings
+            ctx = self.prompts.init.clone()  # (M, W)
+        else:
+            assert self.prompts.n_ctx == cfg.n_ctx, (self.prompts.n_ctx, cfg.n_ctx)
+            ctx = torch.empty(cfg.n_ctx, width).normal_(0.0, cfg.ctx_init_std)  # (M, W), drawn on the CPU
         self.ctx = nn.Parameter(ctx.to(encoder.device))
         self._texts = TextCache()
 

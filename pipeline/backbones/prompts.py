@@ -76,8 +76,35 @@ def encode_token_embeddings(model: nn.Module, embeddings: Tensor, tokens: Tensor
     return x
 
 
-def prompt_tokens(tokenizer: Any, prefix: str, classnames: Sequence[str]) -> tuple[Tensor, int]:
-    """Token ids of the prompts "{prefix} {classname}." and the number of tokens of ``prefix``.
+def context_words(ctx_init: str, n_ctx: int, templates: Sequence[str]) -> tuple[str, str]:
+    """(prefix, suffix) of the prompts "{prefix} {classname}{suffix}" whose prefix tokens are the context.
+
+    ``ctx_init``: "" = ``n_ctx`` placeholder tokens "X X ... X" (CoOp's random init), suffix ".";
+    "template" = the words around "{}" in the dataset's first template (e.g. "a photo of the digit"
+    and "."), so training starts from the zero-shot prompt; any other text = those words, suffix "."
+    (CoOp's and CoCoOp's ``ctx_init``, e.g. "a photo of a").
+
+    Raises:
+        InputError: "template" with a first template that has no words before "{}".
+    """
+    if not ctx_init:
+        return " ".join(["X"] * n_ctx), "."
+    if ctx_init != "template":
+        return ctx_init.strip(), "."
+    template = templates[0] if templates else ""
+    prefix, _, suffix = template.partition("{}")
+    if "{}" not in template or not prefix.strip():
+        raise InputError(
+            f"config key 'ctx_init': 'template' needs a first template with words before '{{}}', "
+            f"got {template!r}"
+        )
+    return prefix.strip(), suffix
+
+
+def prompt_tokens(
+    tokenizer: Any, prefix: str, classnames: Sequence[str], suffix: str = "."
+) -> tuple[Tensor, int]:
+    """Token ids of the prompts "{prefix} {classname}{suffix}" and the number of tokens of ``prefix``.
 
     The prefix occupies positions 1 .. n of every prompt (after the start-of-text token), which is
     checked; CoOp's prefix is "X X ... X" (one token per X), CoCoOp's is "a photo of a".
@@ -95,7 +122,7 @@ def prompt_tokens(tokenizer: Any, prefix: str, classnames: Sequence[str]) -> tup
             f"not {type(tokenizer).__name__}"
         )
     n_prefix = len(tokenizer.encode(prefix))
-    texts = [f"{prefix} {name}." for name in classnames]
+    texts = [f"{prefix} {name}{suffix}" for name in classnames]
     length = int(tokenizer.context_length)
     for name, text in zip(classnames, texts, strict=True):
         need = len(tokenizer.encode(text)) + 2  # with the start- and end-of-text tokens
@@ -113,7 +140,7 @@ def prompt_tokens(tokenizer: Any, prefix: str, classnames: Sequence[str]) -> tup
 
 
 class ContextPrompts(nn.Module):
-    """C prompts "<sot> [n context slots] {classname}. <eot>" whose context slots are filled in later.
+    """C prompts "<sot> [n context slots] {classname}{suffix} <eot>" whose context slots are filled in later.
 
     The frozen pieces are non-persistent buffers (derived from the frozen CLIP, so never saved):
     ``tokens`` (C, L), ``head`` (C, 1, W) the start-of-text embedding, ``tail`` (C, L - 1 - n, W) the
@@ -124,13 +151,14 @@ class ContextPrompts(nn.Module):
         encoder: the frozen open_clip model and its tokenizer.
         prefix: the text standing in the context slots, one slot per token ("X X ... X" for CoOp).
         classnames: the C class names, in label order.
+        suffix: the frozen text after each class name ("." by default; see ``context_words``).
     """
 
-    def __init__(self, encoder: Encoder, prefix: str, classnames: Sequence[str]) -> None:
+    def __init__(self, encoder: Encoder, prefix: str, classnames: Sequence[str], suffix: str = ".") -> None:
         super().__init__()
         model = encoder.model
         check_text_tower(model)
-        tokens, n_ctx = prompt_tokens(encoder.tokenizer, prefix, classnames)
+        tokens, n_ctx = prompt_tokens(encoder.tokenizer, prefix, classnames, suffix)
         tokens = tokens.to(encoder.device)  # (C, L)
         with torch.no_grad():
             emb = model.token_embedding(tokens).float()  # (C, L, W)

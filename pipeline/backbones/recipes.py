@@ -82,13 +82,16 @@ class CoOp(TrainRecipe):
 
     n_ctx: int = 16
     ctx_init_std: float = 0.02
+    # "" = n_ctx vectors from N(0, ctx_init_std^2) (CoOp's default); words (e.g. "a photo of a") =
+    # their token embeddings; "template" = the words before "{}" in the dataset's first template.
+    ctx_init: str = ""
 
 
 @dataclass(frozen=True)
 class CoCoOp(TrainRecipe):
     """CoCoOp (Zhou et al., CVPR 2022): context from "a photo of a" plus a meta-net shift per image."""
 
-    ctx_init: str = "a photo of a"
+    ctx_init: str = "a photo of a"  # or "template": the words before "{}" in the dataset's template
     meta_reduction: int = 16  # meta-net hidden width = D / meta_reduction
     batch_size: int = 1
     epochs_by_shots: dict[int, int] = field(default_factory=lambda: {1: 10})

@@ -190,6 +190,9 @@ class FMAConfig:
     warmup_epochs: int = 1
     step_size: float = 0.1  # h of the Euler solver, Eq. (F10)
     max_steps: int = 10  # M is chosen in {0, ..., max_steps}, Eq. (F11)
+    # M leaves 0 (the backbone) only when the best val accuracy beats M = 0 by at least this many
+    # binomial standard errors of the val accuracy at M = 0; 0 = the plain val argmax. Eq. (F11).
+    select_margin: float = 1.0
     # Cached views the trainer draws x0 from: None = all K cached augmented views plus the center (the
     # default, chosen on validation accuracy, docs/methods.md F14); 0 = the center view only; k = the
     # center and the first k augmented views (k <= K of the cache).
@@ -208,7 +211,7 @@ class FMAConfig:
         _check_choice("fma.coupling", self.coupling, ("class", "random"))
         _check_choice("fma.noise", self.noise, ("none", "paper", "interpolant"))
         inf = float("inf")  # the comparisons below are False for NaN too
-        for key in ("paper_noise_scale", "interpolant_noise_std", "weight_decay"):
+        for key in ("paper_noise_scale", "interpolant_noise_std", "weight_decay", "select_margin"):
             value = getattr(self, key)
             if not 0.0 <= value < inf:
                 raise InputError(f"config key 'fma.{key}': must be a finite number >= 0, got {value}")

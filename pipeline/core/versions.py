@@ -8,7 +8,9 @@ DEMO_DATA_VERSION = 1  # pipeline.demo.datasets: images and split of the demo da
 SAMPLING_VERSION = 1  # pipeline.data.fewshot: which images a (shot, seed) draws
 FIT_VERSION = 2  # pipeline.backbones: the stage-1 methods and their training loop (2: fused AdamW)
 EXTRACTION_VERSION = 2  # pipeline.extract: what the HDF5 caches hold (2: per-item view seeds, schema 2)
-FMA_VERSION = 3  # pipeline.methods.fma: training, solver and metrics (2: official defaults, records, 3: fused AdamW)
+FMA_VERSION = (
+    3  # pipeline.methods.fma: training, solver and metrics (2: official defaults, records, 3: fused AdamW)
+)
 PROBE_VERSION = 2  # pipeline.methods.linear_probe: the linear probe protocol (2: result records)
 TABLES_VERSION = 2  # pipeline.report: tables and figures (2: built from result records)
 PRETRAIN_VERSION = 1  # pipeline.demo.pretrain: the demo backbone's recipe and data

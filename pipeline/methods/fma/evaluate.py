@@ -16,7 +16,13 @@ from torch import Tensor
 from pipeline.core.config import FMAConfig
 from pipeline.core.errors import InputError
 from pipeline.features.texts import ClassTexts, cosine_logits
-from pipeline.methods.fma.solver import VelocityField, euler_trajectory, own_text, select_m
+from pipeline.methods.fma.solver import (
+    VelocityField,
+    euler_trajectory,
+    own_text,
+    select_m,
+    select_m_with_margin,
+)
 from pipeline.methods.fma.trainer import train_velocity
 from pipeline.report.records import Result, baseline_result, build_record
 
@@ -234,7 +240,8 @@ class FMAEvaluation:
 
     Attributes:
         val, test: ``StepCurves`` of the validation and test splits.
-        m: M chosen on val (ties to the smaller M), Eq. (F11).
+        m: M chosen on val with the margin ``select_margin`` (``select_m_with_margin``), Eq. (F11).
+        m_argmax: the plain val argmax (ties to the smaller M).
         m_full: the full trajectory, max_steps.
         m_oracle: M chosen on test: a diagnostic, never a valid result.
         cv: the cross-validated choice, or None when ``cv_folds`` is 0.
@@ -244,6 +251,7 @@ class FMAEvaluation:
     val: StepCurves
     test: StepCurves
     m: int
+    m_argmax: int
     m_full: int
     m_oracle: int
     cv: CVSelection | None
@@ -257,6 +265,10 @@ class FMAEvaluation:
         out = [
             baseline_result(test[0], val[0]),
             Result("fma", "FMA", "primary", test[self.m], val[self.m], True, {"m": self.m}),
+            Result(
+                "fma_argmax", "FMA, M = val argmax (no margin)", "variant",
+                test[self.m_argmax], val[self.m_argmax], False, {"m": self.m_argmax},
+            ),
             Result(
                 "fma_full", f"FMA, full trajectory (M = {self.m_full})", "variant",
                 test[self.m_full], val[self.m_full], False, {"m": self.m_full},
@@ -320,7 +332,8 @@ def evaluate_fma(
     evaluation = FMAEvaluation(
         val=val,
         test=test,
-        m=select_m(val.acc),
+        m=select_m_with_margin(val.acc, len(features.val_y), cfg.select_margin),
+        m_argmax=select_m(val.acc),
         m_full=cfg.max_steps,
         m_oracle=select_m(test.acc),
         cv=cv,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -81,6 +82,23 @@ def select_m(val_acc: list[float]) -> int:
     assert len(val_acc) > 0
     best = max(val_acc)
     return next(m for m, acc in enumerate(val_acc) if acc == best)
+
+
+def select_m_with_margin(val_acc: list[float], n_val: int, margin: float) -> int:
+    """M chosen on val that leaves the backbone only on evidence, Eq. (F11).
+
+    The val accuracy at M = 0 (the backbone) has binomial standard error
+    se = 100 sqrt(p (1 - p) / n_val), p = val_acc[0] / 100 (clipped to [1 / n_val, 1 - 1 / n_val]).
+    The argmax M (ties to the smaller) is kept when it beats M = 0 by at least ``margin`` se;
+    otherwise M = 0. ``margin`` 0 is the plain argmax.
+    """
+    best = select_m(val_acc)
+    if margin <= 0 or best == 0:
+        return best
+    n = max(1, int(n_val))
+    p = min(max(val_acc[0] / 100.0, 1.0 / n), 1.0 - 1.0 / n) if n > 1 else 0.5
+    se = 100.0 * math.sqrt(p * (1.0 - p) / n)
+    return best if val_acc[best] - val_acc[0] >= margin * se else 0
 
 
 def mean_pairwise_cosine(text: np.ndarray | Tensor) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from pipeline.backbones.base import save_backbone
-from pipeline.backbones.encoder import build_train_transform, load_encoder
+from pipeline.backbones.encoder import build_train_transform, load_encoder, logit_scale_of
 from pipeline.backbones.loading import build_backbone
 from pipeline.backbones.recipes import schedule_length
 from pipeline.backbones.registry import build_config, get_spec
@@ -106,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if encoder is None:
         assert base.text is not None
         backbone.use_texts(torch.as_tensor(base.text))
+        backbone.logit_scale = logit_scale_of(encoder_cfg)
     what = f"fit {args.backbone} {args.dataset} {args.shot}-shot seed {args.seed}"
     result = fit(backbone, batches, recipe, length, args.seed, what)
     info = {

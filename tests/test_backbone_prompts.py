@@ -128,7 +128,8 @@ def test_cocoop_texts_are_per_image_and_targets_pick_the_own_class(tiny_encoder:
         torch.testing.assert_close(texts.norm(dim=-1), torch.ones(5, 4))
         torch.testing.assert_close(backbone.target_texts(x, y), texts[torch.arange(5), y], rtol=0, atol=1e-6)
         logits = backbone.logits(x)
-        torch.testing.assert_close(logits, 100 * torch.einsum("bd,bcd->bc", F.normalize(x, dim=-1), texts))
+        cosines = torch.einsum("bd,bcd->bc", F.normalize(x, dim=-1), texts)
+        torch.testing.assert_close(logits, backbone.logit_scale * cosines)
     assert backbone.forwards["text"] == 5 * 4 + 5 + 5 * 4
     backbone.train()
     loss = backbone.loss(x, y)

@@ -16,9 +16,11 @@ from conftest import fresh_encoder
 
 from pipeline.backbones import recipes
 from pipeline.backbones.base import Backbone, read_backbone_checkpoint, save_backbone
-from pipeline.backbones.encoder import Encoder, encode_images
+from pipeline.backbones.encoder import Encoder, encode_images, logit_scale_of
+from pipeline.backbones.loading import load_trained_backbone
 from pipeline.backbones.registry import load_backbone_class
 from pipeline.backbones.training import FeatureBatches, FitResult, ImageBatches, fit
+from pipeline.core.config import EncoderConfig
 from pipeline.core.errors import InputError
 from pipeline.data.coop import load_dataset, resolve_image
 from pipeline.data.images import load_image
@@ -265,6 +267,7 @@ def test_adapter_needs_no_encoder_once_given_texts(tiny_encoder: Encoder) -> Non
     with_encoder = build("clip_adapter", tiny_encoder, names, seed=3)
     without = build("clip_adapter", None, names, seed=3)
     without.use_texts(with_encoder.class_texts())
+    without.logit_scale = with_encoder.logit_scale  # fit_backbone sets it from the encoder's file
     x = torch.randn(4, DIM, generator=torch.Generator().manual_seed(1))
     assert without.device == CPU
     torch.testing.assert_close(
@@ -366,3 +369,26 @@ def test_lora_training_does_not_depend_on_dataloader_workers(digits: Digits) -> 
         fit(backbone, ImageBatches(images, 10, workers), RECIPES["clip_lora"], {"epochs": 1}, seed=1)
         states.append(backbone.trained_state())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_logits_use_the_models_own_temperature(tiny_encoder: Encoder, tmp_path: Path) -> None:
+    """Every backbone scales cosines by exp(logit_scale) of its CLIP model, as the official codes do;
+    a backbone built without the encoder (CLIP-Adapter) reads it from the checkpoint file."""
+    want = float(tiny_encoder.model.logit_scale.exp())
+    assert abs(want - 100.0) > 1  # the untrained model's is 1 / 0.07, not OpenAI's 100
+    coop = build("coop", tiny_encoder, ["zero", "one"])
+    assert coop.logit_scale == pytest.approx(want)
+    x = torch.nn.functional.normalize(torch.randn(3, DIM), dim=-1)
+    with torch.no_grad():
+        cosines = x @ coop.class_texts().T
+        assert torch.allclose(coop.logits(x), want * cosines)
+    weights = tmp_path / "clip.pt"
+    torch.save(tiny_encoder.model.state_dict(), weights)
+    cfg = EncoderConfig(model="demo-vit-t-28", pretrained=str(weights))
+    assert logit_scale_of(cfg) == pytest.approx(want)
+    adapter = build("clip_adapter", None, ["zero", "one"])
+    adapter.logit_scale = want
+    path = tmp_path / "adapter.pt"
+    save_backbone(path, adapter, {})
+    loaded = load_trained_backbone(path, torch.device("cpu"), {})
+    assert loaded.logit_scale == pytest.approx(want)

@@ -24,8 +24,14 @@ from pipeline.backbones.encoder import Encoder, encode_texts
 from pipeline.core.atomic import atomic_path
 from pipeline.core.errors import InputError
 
-LOGIT_SCALE = 100.0  # CLIP's learned temperature, fixed at its final value by every method here
+LOGIT_SCALE = 100.0  # OpenAI CLIP's learned temperature; the default when no encoder tells its own
 CHECKPOINT_FORMAT = 1
+
+
+def logit_scale_of_model(model: nn.Module) -> float:
+    """exp of an open_clip model's learned ``logit_scale``, or ``LOGIT_SCALE`` if it has none."""
+    value = getattr(model, "logit_scale", None)
+    return float(value.detach().exp()) if isinstance(value, Tensor) else LOGIT_SCALE
 
 
 class Backbone(nn.Module):
@@ -72,6 +78,10 @@ class Backbone(nn.Module):
         self.dim = int(dim)
         self.forwards: Counter[str] = Counter()  # "image": images encoded, "text": prompts encoded
         self._frozen_texts: Tensor | None = None
+        # The CLIP model's own learned temperature, as the official CoOp, CoCoOp, CLIP-Adapter and
+        # CLIP-LoRA code use it (exactly 100 for OpenAI's weights; 14.3 for the demo backbone). A
+        # backbone built without an encoder gets it from ``encoder.logit_scale_of`` or its checkpoint.
+        self.logit_scale = logit_scale_of_model(encoder.model) if encoder is not None else LOGIT_SCALE
 
     # ------------------------------------------------------------------------------------------ space
 
@@ -121,12 +131,12 @@ class Backbone(nn.Module):
         return self.class_texts()[labels.to(self.class_texts().device)]
 
     def logits(self, x: Tensor) -> Tensor:
-        """(B, D) image features -> (B, C) logits, LOGIT_SCALE x cosine with the class texts."""
+        """(B, D) image features -> (B, C) logits, ``logit_scale`` x cosine with the class texts."""
         x = F.normalize(x, dim=-1)
         text = self.class_texts()
         if text.ndim == 2:
-            return LOGIT_SCALE * x @ text.T.to(x.dtype)
-        return LOGIT_SCALE * torch.einsum("bd,bcd->bc", x, text.to(x.dtype))
+            return self.logit_scale * x @ text.T.to(x.dtype)
+        return self.logit_scale * torch.einsum("bd,bcd->bc", x, text.to(x.dtype))
 
     # ------------------------------------------------------------------------------------------ training
 
@@ -201,6 +211,7 @@ def save_backbone(path: str | os.PathLike, backbone: Backbone, extra: Mapping[st
         "classnames": list(backbone.classnames),
         "templates": list(backbone.templates),
         "dim": backbone.dim,
+        "logit_scale": float(backbone.logit_scale),
         "state": backbone.trained_state(),
         **dict(extra),
     }

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.backbones import recipes
-from pipeline.backbones.base import LOGIT_SCALE, Backbone
+from pipeline.backbones.base import Backbone
 from pipeline.backbones.encoder import Encoder
 from pipeline.backbones.prompts import ContextPrompts, TextCache, context_words, text_width
 from pipeline.core.errors import InputError
@@ -108,11 +108,11 @@ class CoCoOp(Backbone):
         return F.normalize(self.prompts.encode(self.clip, self.ctx).float(), dim=-1)  # (C, D)
 
     def logits(self, x: Tensor) -> Tensor:
-        """(B, D) image features -> (B, C) logits, LOGIT_SCALE x cosine with each image's own class
+        """(B, D) image features -> (B, C) logits, ``logit_scale`` x cosine with each image's own class
         texts (the base ``loss`` calls this, so training uses the per-image texts)."""
         x = F.normalize(x.float(), dim=-1)  # (B, D)
         text = self.image_class_texts(x)  # (B, C, D)
-        return LOGIT_SCALE * torch.einsum("bd,bcd->bc", x, text.to(x.dtype))
+        return self.logit_scale * torch.einsum("bd,bcd->bc", x, text.to(x.dtype))
 
 
 BACKBONE = CoCoOp

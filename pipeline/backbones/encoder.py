@@ -58,6 +58,29 @@ def _image_size(model: torch.nn.Module) -> int:
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
+def logit_scale_of(cfg: EncoderConfig) -> float:
+    """exp(logit_scale) of the encoder ``cfg`` names, for a backbone that never loads the encoder.
+
+    A checkpoint file is read for that one tensor (``weights_only``); a tag or random init builds
+    the model. Raises ``InputError`` as ``load_encoder`` does.
+    """
+    from pipeline.backbones.base import LOGIT_SCALE, logit_scale_of_model
+
+    pretrained = cfg.pretrained or None
+    if pretrained is not None and is_checkpoint_path(pretrained) and Path(pretrained).is_file():
+        try:
+            state = torch.load(pretrained, map_location="cpu", weights_only=True)
+        except Exception:  # not a plain state dict: let open_clip's loader judge it below
+            state = None
+        if isinstance(state, dict):
+            state = state.get("state_dict", state)
+            for key, value in state.items():
+                if key.split(".")[-1] == "logit_scale" and isinstance(value, torch.Tensor):
+                    return float(value.exp())
+            return LOGIT_SCALE
+    return logit_scale_of_model(load_encoder(cfg, torch.device("cpu")).model)
+
+
 def load_encoder(cfg: EncoderConfig, device: torch.device) -> Encoder:
     """Build ``cfg.model`` with weights from ``cfg.pretrained`` (tag or file), or seeded random init.
 

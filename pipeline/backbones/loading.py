@@ -64,5 +64,7 @@ def load_trained_backbone(
     backbone = build_backbone(
         name, encoder, payload["classnames"], payload["templates"], payload["config"], int(payload["dim"])
     )
+    if encoder is None and "logit_scale" in payload:  # no model to read it from: the one it trained with
+        backbone.logit_scale = float(payload["logit_scale"])
     backbone.load_trained_state(payload["state"], str(path))
     return backbone.to(device).eval()

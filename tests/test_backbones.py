@@ -392,3 +392,19 @@ def test_logits_use_the_models_own_temperature(tiny_encoder: Encoder, tmp_path: 
     save_backbone(path, adapter, {})
     loaded = load_trained_backbone(path, torch.device("cpu"), {})
     assert loaded.logit_scale == pytest.approx(want)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_extracting_twice_gives_identical_features(name: str, fitted, digits: Digits) -> None:
+    """Extraction runs the trained backbone in eval mode: CLIP-LoRA's dropout (0.25) is off, so two
+    passes over the same images agree bit for bit (in training mode they would not)."""
+    backbone = fitted(name).backbone.eval()
+    first, second = outputs(backbone, digits), outputs(backbone, digits)
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+    if name == "clip_lora":
+        backbone.train()
+        with torch.no_grad():
+            a, b = backbone.encode_images(digits.images), backbone.encode_images(digits.images)
+        backbone.eval()
+        assert not torch.equal(a, b)  # dropout acts in training mode: the check above can fail

@@ -14,13 +14,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from pipeline.core.errors import InputError
 from pipeline.report.records import BASELINE
 from pipeline.report.render import Cell, Table, latex, markdown, write_csv, write_text
-from pipeline.report.summary import backbone_label, join_values, long_table, seed_std
+from pipeline.report.summary import backbone_label, long_table, seed_summary
 
 DEFAULT_VARIANT = "default"
 ABLATION_COLUMNS = (
@@ -94,9 +93,7 @@ def build_ablation(
             sel = mine[(mine["variant"] == variant) & (mine["method"] == method)]
             text = f"{backbone_label(backbone)} (the backbone itself)" if role == "baseline" else label
             for (dataset, shot), g in sel.groupby(["dataset", "shot"], sort=False):
-                g = g.sort_values("seed")
-                acc = g["test_acc"].to_numpy(dtype=float)
-                ms = [int(m) for m in g["m"] if not pd.isna(m)]
+                stats, _ = seed_summary(g)
                 out.append(
                     {
                         "row": text,
@@ -107,12 +104,8 @@ def build_ablation(
                         "backbone": backbone,
                         "dataset": dataset,
                         "shot": int(shot),
-                        "mean": float(acc.mean()),
-                        "std": seed_std(acc),
-                        "n_seeds": len(acc),
-                        "seeds": join_values(g["seed"]),
+                        **stats,
                         "train_seconds": math.nan if role == "baseline" else float(g["train_seconds"].mean()),
-                        "m_mean": float(np.mean(ms)) if ms else math.nan,
                     }
                 )
     return pd.DataFrame(out, columns=list(ABLATION_COLUMNS))

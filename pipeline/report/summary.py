@@ -115,6 +115,22 @@ def join_values(values: Iterable[Any]) -> str:
     return "/".join(str(v) for v in values)
 
 
+def seed_summary(g: pd.DataFrame) -> tuple[dict[str, Any], list[int]]:
+    """Over one cell's runs (one row per seed): mean and sample std of ``test_acc``, the seeds, and
+    the mean of the chosen M; also the Ms in seed order (runs without an M left out)."""
+    g = g.sort_values("seed")
+    acc = g["test_acc"].to_numpy(dtype=float)
+    ms = [int(m) for m in g["m"] if not pd.isna(m)]
+    stats = {
+        "mean": float(acc.mean()),
+        "std": seed_std(acc),
+        "n_seeds": len(acc),
+        "seeds": join_values(g["seed"]),
+        "m_mean": float(np.mean(ms)) if ms else math.nan,
+    }
+    return stats, ms
+
+
 def _m_text(ms: Sequence[int]) -> str:
     """'3' when every seed agrees, else the per-seed values in seed order ('2/3/3')."""
     return str(ms[0]) if len(set(ms)) == 1 else join_values(ms)
@@ -142,9 +158,8 @@ def _dataset_rows(long: pd.DataFrame) -> list[dict[str, Any]]:
     rows = []
     for (backbone, method, dataset, shot), g in long.groupby(KEY, sort=False):
         g = g.sort_values("seed")
-        acc = g["test_acc"].to_numpy(dtype=float)
+        stats, ms = seed_summary(g)
         first = g.iloc[0]
-        ms = [int(m) for m in g["m"] if not pd.isna(m)]
         rows.append(
             {
                 "kind": "dataset",
@@ -155,17 +170,13 @@ def _dataset_rows(long: pd.DataFrame) -> list[dict[str, Any]]:
                 "plug_and_play": bool(first["plug_and_play"]),
                 "dataset": dataset,
                 "shot": int(shot),
-                "mean": float(acc.mean()),
-                "std": seed_std(acc),
-                "n_seeds": len(acc),
-                "seeds": join_values(g["seed"]),
+                **stats,
                 "n_datasets": 1,
                 "datasets": dataset,
                 "val_mean": float(g["val_acc"].mean()) if g["val_acc"].notna().any() else math.nan,
                 "m": _m_text(ms) if ms else "",
-                "m_mean": float(np.mean(ms)) if ms else math.nan,
                 "train_seconds": float(g["train_seconds"].mean()),
-                "_per_seed": dict(zip(g["seed"].tolist(), acc.tolist(), strict=True)),
+                "_per_seed": dict(zip(g["seed"].tolist(), g["test_acc"].astype(float).tolist(), strict=True)),
             }
         )
     return rows

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shlex
 import subprocess
 import sys
 from collections.abc import Callable
@@ -226,3 +227,27 @@ def test_snakemake_prints_the_one_line(tmp_path: Path, text: str, line: str) -> 
     errors = [out for out in result.stderr.splitlines() if out.startswith("config error:")]
     assert len(errors) == 1 and errors[0].startswith(line), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.workflow
+def test_paths_with_spaces_stay_one_argument_in_every_command(tmp_path: Path) -> None:
+    """Results, data root and checkpoint under folders with a space: every planned shell command
+    splits back into whole paths (the full run on such folders is in test_workflow.py)."""
+    config = {**copy.deepcopy(TINY), "results": "my results", "data_root": "my data/root"}
+    config["encoder"] = {"model": "demo-vit-t-28", "pretrained": "my results/demo_backbone/demo-vit-t-28.pt"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1"]
+    cmd += ["--snakefile", str(REPO / "workflow/Snakefile"), "all", "ablations"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    commands = [line[line.index("python -m") :] for line in result.stdout.splitlines() if "python -m" in line]
+    stages = {shlex.split(c)[2] for c in commands}
+    assert {
+        "pipeline.build_demo",
+        "pipeline.pretrain_demo",
+        "pipeline.extract",
+        "pipeline.make_tables",
+    } <= stages
+    for command in commands:
+        words = shlex.split(command)
+        assert "my" not in words and not any(w.startswith(("results/", "data/")) for w in words), command

@@ -14,6 +14,7 @@ from pipeline.core.errors import InputError
 from pipeline.data.catalog import get_dataset_info, list_demo_datasets
 from pipeline.data.coop import check_images, load_dataset, resolve_image
 from pipeline.data.images import load_image
+from pipeline.data.sizes import DEMO_SMALLEST_TRAIN_CLASS
 from pipeline.demo import datasets as demo
 from pipeline.demo.datasets import (
     FASHION_DIR,
@@ -61,6 +62,10 @@ def test_digits_build(digits_root):
         n_train = sum(item.label == label for item in splits.train)
         n_val = sum(item.label == label for item in splits.val)
         assert abs(n_train - 0.5 * n) <= 1 and abs(n_val - 0.2 * n) <= 1
+    # The shot limit the workflow checks configs against (pipeline/data/sizes.py).
+    assert (
+        min(Counter(item.label for item in splits.train).values()) == DEMO_SMALLEST_TRAIN_CLASS["demo_digits"]
+    )
 
 
 def test_digit_images_decode_to_the_source_pixels(digits_root):
@@ -149,6 +154,11 @@ def test_fashion_build(tmp_path):
     assert splits.classnames[9] == "ankle boot" and splits.classnames[0] == "t-shirt"
     for items, n in ((splits.train, 200), (splits.val, 50), (splits.test, 200)):
         assert Counter(item.label for item in items) == {c: n for c in range(10)}
+    # The shot limit the workflow checks configs against (pipeline/data/sizes.py).
+    assert (
+        min(Counter(item.label for item in splits.train).values())
+        == DEMO_SMALLEST_TRAIN_CLASS["demo_fashion"]
+    )
     everything = splits.train + splits.val + splits.test
     assert len({item.path for item in everything}) == 4500
     images, labels = load_fashion_images()

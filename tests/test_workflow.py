@@ -61,7 +61,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_full_run_plans_and_writes_every_backbone(finished_run: Path) -> None:
-    results = finished_run / "results"
+    results = finished_run / TINY["results"]
     md = (results / "tables" / "fewshot.md").read_text()
     for row in ("| Zero-shot CLIP |", "| CoOp + FMA |", "| CoCoOp |", "| CLIP-Adapter + linear probe |"):
         assert row in md, row
@@ -99,10 +99,10 @@ def test_fma_at_m0_is_the_backbones_own_prediction(finished_run: Path, backbone:
     from pipeline.data.images import load_image
     from pipeline.features.cache import read_attrs
 
-    results, run = finished_run / "results", "demo_digits/2shot_seed1"
+    results, run = finished_run / TINY["results"], "demo_digits/2shot_seed1"
     cpu = torch.device("cpu")
     encoder = load_encoder(EncoderConfig(TINY["encoder"]["model"], None), cpu)  # a fresh copy: LoRA edits it
-    splits = load_dataset("demo_digits", results / "demo_data")
+    splits = load_dataset("demo_digits", finished_run / TINY["data_root"])
     if backbone == "zeroshot":
         templates = read_attrs(results / f"features/zeroshot/{run}.h5")["templates"]
         model = build_backbone("zeroshot", encoder, splits.classnames, templates, {}, encoder.dim)
@@ -179,7 +179,7 @@ def test_ablations_target_reuses_caches_and_writes_table(finished_run: Path) -> 
     assert jobs == {"train_fma_variant": 3, "make_ablation_table": 1, "ablations": 1}
     result = snakemake(finished_run, "ablations", config=TINY)
     assert result.returncode == 0, result.stderr[-3000:]
-    md = (finished_run / "results/tables/ablations.md").read_text()
+    md = (finished_run / TINY["results"] / "tables/ablations.md").read_text()
     for label in ("| FMA |", "center view only", "online views", "oracle"):
         assert label in md, label
 

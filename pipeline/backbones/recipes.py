@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from pipeline.core.config import check_template
 from pipeline.core.errors import InputError
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -55,10 +56,30 @@ class TrainRecipe:
         for key in ("lr", "batch_size"):
             if not getattr(self, key) > 0:
                 raise InputError(f"config key '{key}': must be > 0, got {getattr(self, key)}")
+        for key in ("weight_decay", "warmup_epochs", "warmup_lr", "min_lr"):
+            _check_at_least(key, getattr(self, key), 0)
+        for key, value in (("momentum", self.momentum), ("betas", self.betas[0]), ("betas", self.betas[1])):
+            if not 0.0 <= value < 1.0:
+                raise InputError(f"config key '{key}': must be in [0, 1), got {value}")
         if not self.epochs_by_shots and self.iterations_per_shot is None:
             raise InputError("config key 'epochs_by_shots': give at least one entry")
-        if self.templates is not None and not all("{}" in t for t in self.templates):
-            raise InputError("config key 'templates': every template needs a '{}' for the class name")
+        for key, table in (
+            ("epochs_by_shots", self.epochs_by_shots),
+            ("epochs_by_dataset", self.epochs_by_dataset),
+        ):
+            for k, epochs in table.items():
+                _check_at_least(f"{key}.{k}", epochs, 1)
+        for shot in self.epochs_by_shots:
+            _check_at_least("epochs_by_shots", shot, 1)
+        if self.iterations_per_shot is not None:
+            _check_at_least("iterations_per_shot", self.iterations_per_shot, 1)
+        for i, template in enumerate(self.templates or ()):
+            check_template(template, f"templates.{i}")
+
+
+def _check_at_least(key: str, value: float, low: float) -> None:
+    if not value >= low:
+        raise InputError(f"config key '{key}': must be >= {low}, got {value}")
 
 
 def schedule_length(recipe: TrainRecipe, dataset: str, shot: int) -> dict[str, int]:
@@ -86,6 +107,11 @@ class CoOp(TrainRecipe):
     # their token embeddings; "template" = the words before "{}" in the dataset's first template.
     ctx_init: str = ""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_at_least("n_ctx", self.n_ctx, 1)
+        _check_at_least("ctx_init_std", self.ctx_init_std, 0)
+
 
 @dataclass(frozen=True)
 class CoCoOp(TrainRecipe):
@@ -97,6 +123,10 @@ class CoCoOp(TrainRecipe):
     epochs_by_shots: dict[int, int] = field(default_factory=lambda: {1: 10})
     epochs_by_dataset: dict[str, int] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_at_least("meta_reduction", self.meta_reduction, 1)
+
 
 @dataclass(frozen=True)
 class CLIPAdapter(TrainRecipe):
@@ -106,6 +136,12 @@ class CLIPAdapter(TrainRecipe):
     ratio: float = 0.2
     epochs_by_shots: dict[int, int] = field(default_factory=lambda: {1: 200})
     epochs_by_dataset: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_at_least("reduction", self.reduction, 1)
+        if not 0.0 <= self.ratio <= 1.0:
+            raise InputError(f"config key 'ratio': must be in [0, 1], got {self.ratio}")
 
 
 @dataclass(frozen=True)
@@ -132,3 +168,7 @@ class CLIPLoRA(TrainRecipe):
             )
         if self.rank < 1:
             raise InputError(f"config key 'rank': must be >= 1, got {self.rank}")
+        if not self.alpha > 0:
+            raise InputError(f"config key 'alpha': must be > 0, got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InputError(f"config key 'dropout': must be in [0, 1), got {self.dropout}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise InputError(f"config key '{key}': expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise InputError(f"config key '{key}': must be a finite number, got {value!r}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -78,10 +81,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 def _dict_key(k: Any, annotation: Any, key: str) -> Any:
     """A mapping key as its annotated type: JSON and YAML round trips turn integer keys into strings."""
     if annotation is int:
-        try:
+        if isinstance(k, int) and not isinstance(k, bool):
+            return k
+        if isinstance(k, str) and k.strip().lstrip("+-").isdigit():
             return int(k)
-        except (TypeError, ValueError):
-            raise InputError(f"config key '{key}': key {k!r} is not an integer") from None
+        raise InputError(f"config key '{key}': key {k!r} is not an integer")
     return str(k)
 
 
@@ -156,6 +160,21 @@ class ExtractionConfig:
             raise InputError(f"config key 'extraction.views': must be >= 0, got {self.views}")
 
 
+def check_template(template: str, key: str) -> None:
+    """A prompt template: exactly one ``{}`` (the class name) and no other brace, else one line naming
+    ``key``. ``"{} and {}"`` would fail in ``str.format``; a template without ``{}`` gives every
+    class the same text."""
+    if (
+        not isinstance(template, str)
+        or template.count("{}") != 1
+        or template.count("{") + template.count("}") != 2
+    ):
+        raise InputError(
+            f"config key '{key}': a template needs exactly one '{{}}' for the class name "
+            f"and no other brace, got {template!r}"
+        )
+
+
 def check_crop_scale(scale: tuple[float, ...], key: str) -> None:
     """A RandomResizedCrop area range: 0 < low <= high <= 1, else one line naming ``key``."""
     if len(scale) != 2 or not all(isinstance(s, (int, float)) for s in scale):
@@ -224,10 +243,15 @@ class FMAConfig:
             ("batch_size", 1),
             ("epochs", 1),
             ("warmup_epochs", 0),
-            ("max_steps", 0),
+            ("max_steps", 1),  # M = 0 alone would train a velocity field that is never used
         ):
             if getattr(self, key) < low:
                 raise InputError(f"config key 'fma.{key}': must be >= {low}, got {getattr(self, key)}")
+        if self.warmup_epochs > self.epochs:
+            raise InputError(
+                f"config key 'fma.warmup_epochs': must be <= fma.epochs ({self.epochs}), "
+                f"got {self.warmup_epochs}"
+            )
         if self.train_views is not None and self.train_views < 0:
             raise InputError(f"config key 'fma.train_views': must be >= 0 or null, got {self.train_views}")
         if self.online and self.train_views not in (None, 0):

@@ -1,7 +1,13 @@
 """The workflow's config: preset, schema defaults, validation, and the slices each rule depends on.
 
-``workflow/rules/common.smk`` calls ``load_workflow_config`` at parse time; every error is one
-line naming the key. No torch here: Snakemake imports this on every invocation.
+``workflow/rules/common.smk`` calls ``check_yaml_file`` and ``load_workflow_config`` at parse time;
+every error is one line naming the file and line or the key. No torch here: Snakemake imports this
+on every invocation.
+
+Strict on purpose: an integer is an ``int`` (not ``2.0``, not ``true``), every number is finite,
+lists hold no duplicates, quantities have their bounds (schema), and what a schema cannot say is
+checked here: prompt templates, crop scales, cross-field FMA rules, folders, and shots against the
+datasets' smallest class.
 
 Order of precedence, lowest first: the schema's defaults (``workflow/schemas/config.schema.yaml``),
 the backbones' recipes (``pipeline/backbones/recipes.py``), the preset named by ``preset``
@@ -12,6 +18,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,9 +27,16 @@ from typing import Any
 import yaml
 
 from pipeline.backbones.registry import BACKBONES, build_config, get_spec, resolved_recipe
-from pipeline.core.config import ExtractionConfig, check_crop_scale, from_dict
+from pipeline.core.config import (
+    ExtractionConfig,
+    FMAConfig,
+    check_crop_scale,
+    check_template,
+    from_dict,
+)
 from pipeline.core.errors import InputError
 from pipeline.data.catalog import get_dataset_info, list_datasets
+from pipeline.data.sizes import smallest_train_class
 
 
 def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,10 +63,82 @@ def _key_path(error: Any) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (not "last wins")."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str | int | float):
+                continue  # an unhashable key is left to the config checks
+            if (type(key), key) in seen:  # the type too: 1 and true are two keys
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add((type(key), key))
+        return super().construct_mapping(node, deep)
+
+
+def check_yaml_file(path: Path | str) -> None:
+    """Parse a config file as Snakemake will, but name the line of a syntax error or duplicate key.
+
+    Snakemake's own message ("Config file is not valid JSON or YAML") names neither. A missing
+    file is left to Snakemake.
+
+    Raises:
+        InputError: ``<path>:<line>:<column>: invalid YAML (<problem>)``, or a top level that is
+            not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text") from None
+    try:
+        json.loads(text)
+        return  # valid JSON, which Snakemake tries first
+    except ValueError:
+        pass
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = " ".join(str(err.problem or err.context or "syntax error").split())
+        if err.context and err.problem and err.context_mark and err.context_mark.line != mark.line:
+            problem += f"; {' '.join(err.context.split())} that starts at line {err.context_mark.line + 1}"
+        raise InputError(f"{where}: invalid YAML ({problem})") from None
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: invalid YAML ({' '.join(str(err).split())})") from None
+    if data is not None and not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of config keys at the top level")
+
+
+def _check_finite(value: Any, key: str) -> None:
+    """Every float in the config is finite: NaN passes every JSON-schema bound (NaN <= 0 is False)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"key '{key}': must be a finite number, got {value}")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{key}.{i}")
+
+
 def _schema_errors(config: dict[str, Any], schema: Mapping[str, Any]) -> None:
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(schema)
+    # JSON Schema calls 2.0 an integer; a shot count of 2.0 is a typo here, so "integer" means int
+    # (bool is excluded by jsonschema already: true is not an integer or a number).
+    base = jsonschema.Draft202012Validator
+    strict_int = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, x: isinstance(x, int) and not isinstance(x, bool)
+    )
+    validator = jsonschema.validators.extend(base, type_checker=strict_int)(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if not errors:
         return
@@ -85,12 +172,29 @@ def load_workflow_config(config: Mapping[str, Any], schema_path: Path, presets_d
 
     Raises:
         InputError: one line naming the offending key (a wrong type, an unknown key, dataset,
-            backbone or preset, a crop scale outside (0, 1], an ablation dataset not run, ...).
+            backbone or preset, a non-finite number, a crop scale outside (0, 1], a template
+            without exactly one ``{}``, more shots than a dataset's smallest class has, ...).
     """
+    try:
+        return _load(config, schema_path, presets_dir)
+    except InputError as err:
+        # The dataclasses say "config key 'k': ..."; the workflow's convention is "key 'k': ...".
+        message = str(err)
+        for old, new in (("config key '", "key '"), ("unknown config key '", "unknown key '")):
+            if message.startswith(old):
+                message = new + message[len(old) :]
+        raise InputError(message) from None
+
+
+def _load(config: Mapping[str, Any], schema_path: Path, presets_dir: Path) -> dict[str, Any]:
     schema = yaml.safe_load(Path(schema_path).read_text())
     config = apply_preset(config, Path(presets_dir))
     _fill_defaults(config, schema)
+    _check_finite(config, "")
     _schema_errors(config, schema)
+    for key in ("results", "data_root"):
+        if os.path.normpath(os.path.abspath(config[key])) == os.path.abspath(os.sep):
+            raise InputError(f"key '{key}': {config[key]!r} is the filesystem root; name a folder")
     known = set(list_datasets())
     for name in config["datasets"]:
         if name not in known:
@@ -116,15 +220,46 @@ def load_workflow_config(config: Mapping[str, Any], schema_path: Path, presets_d
     for name in ablations.get("backbones", []) if ablations.get("variants") else []:
         if name not in needed_backbones(config):
             raise InputError(f"key 'ablations.backbones': '{name}' is not in 'backbones'")
-    for name in config.get("templates", {}):
+    for name, templates in config.get("templates", {}).items():
         if name not in known:
             raise InputError(f"key 'templates.{name}': unknown dataset")
+        for i, template in enumerate(templates):
+            check_template(template, f"templates.{name}.{i}")
     for name, aug in config["extraction"].get("augment", {}).items():
         if name not in known:
             raise InputError(f"key 'extraction.augment.{name}': unknown dataset")
         if "crop_scale" in aug:
             check_crop_scale(tuple(aug["crop_scale"]), f"extraction.augment.{name}.crop_scale")
+    if "crop_scale" in config["demo_backbone"]:
+        check_crop_scale(tuple(config["demo_backbone"]["crop_scale"]), "demo_backbone.crop_scale")
+    fma_sections = {"fma": config["fma"]}
+    for name, variant in ablations.get("variants", {}).items():
+        fma_sections[f"ablations.variants.{name}.fma"] = {**config["fma"], **variant.get("fma", {})}
+    views = config["extraction"]["views"]
+    for key, section in fma_sections.items():
+        fma = from_dict(FMAConfig, section, f"{key}.")  # cross-field rules (ensemble steps, online, ...)
+        if fma.train_views is not None and fma.train_views > views:
+            raise InputError(
+                f"key '{key}.train_views': {fma.train_views} is more than the {views} views "
+                "that extraction.views caches"
+            )
+    _check_shots(config["shots"], config["datasets"], config["data_root"], "shots")
+    _check_shots(
+        ablations.get("shots", []), ablations.get("datasets", []), config["data_root"], "ablations.shots"
+    )
     return config
+
+
+def _check_shots(shots: list[int], datasets: list[str], data_root: str, key: str) -> None:
+    """Every shot at most the train images of each dataset's smallest class: a run with fewer
+    images than its shot count would be labelled with the wrong number of shots."""
+    for dataset in datasets:
+        most = smallest_train_class(dataset, data_root)
+        if most is not None and shots and max(shots) > most:
+            raise InputError(
+                f"key '{key}': {max(shots)} shots, but the smallest class of {dataset} has {most} train "
+                f"images; use at most {most} shots (each class must give every shot)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- slices

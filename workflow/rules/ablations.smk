@@ -25,12 +25,12 @@ rule train_fma_variant:
         online=online_args,
         version=FMA_VERSION,
     shell:
-        "python -m pipeline.run train_fma --fewshot {input.fewshot} --test {input.test}"
+        "python -m pipeline.run train_fma --fewshot {input.fewshot:q} --test {input.test:q}"
         " --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --shot {wildcards.shot} --seed {wildcards.seed} --variant {wildcards.variant} {params.state}"
         " --config {params.cfg:q} --expect {params.expect:q} {params.online}"
         " --device {resources.device} --workers {resources.io_workers} --threads {threads}"
-        " --metrics {output.metrics} --checkpoint {output.checkpoint} > {log} 2>&1"
+        " --metrics {output.metrics:q} --checkpoint {output.checkpoint:q} > {log:q} 2>&1"
 
 
 rule make_ablation_table:
@@ -48,8 +48,8 @@ rule make_ablation_table:
         out_dir=lambda w, output: os.path.dirname(output[0]),
         version=TABLES_VERSION,
     shell:
-        "python -m pipeline.run make_ablations --records {input.records} --labels {params.labels:q}"
-        " --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m pipeline.run make_ablations --records {input.records:q} --labels {params.labels:q}"
+        " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 
 rule ablations:

@@ -22,6 +22,7 @@ from pipeline.core.versions import (
     TABLES_VERSION,
 )
 from pipeline.core.workflow_config import (
+    check_yaml_file,
     extraction_slice,
     load_workflow_config,
     needed_backbones,
@@ -31,6 +32,17 @@ from pipeline.core.workflow_config import (
 from pipeline.data.catalog import get_dataset_info, list_datasets
 
 # ---------------------------------------------------------------- config
+
+# Snakemake's own message for a YAML error names neither the file nor the line; this one does.
+# (A file given with --configfile is read by Snakemake before this point: see README.)
+try:
+    check_yaml_file("config.yaml")
+except InputError as err:
+    sys.exit(f"config error: {err}")
+
+
+configfile: "config.yaml"
+
 
 try:
     _checked = load_workflow_config(

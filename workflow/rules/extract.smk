@@ -4,11 +4,11 @@
 
 EXTRACT = (
     "python -m pipeline.run extract --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
-    " --data-root {params.data_root} --config {params.cfg:q}"
+    " --data-root {params.data_root:q} --config {params.cfg:q}"
     " --device {resources.device} --batch-size {resources.infer_batch}"
     " --workers {resources.io_workers} --threads {threads}"
 )
-RUN_ARGS = " --split-file {input.run_split} --shot {wildcards.shot} --seed {wildcards.seed} {params.sources}"
+RUN_ARGS = " --split-file {input.run_split:q} --shot {wildcards.shot} --seed {wildcards.seed} {params.sources}"
 
 
 rule extract_test:
@@ -35,7 +35,7 @@ rule extract_test:
         data_root=DATA_ROOT,
         version=EXTRACTION_VERSION,
     shell:
-        f"{EXTRACT} --out {{output}} > {{log}} 2>&1"
+        f"{EXTRACT} --out {{output:q}} > {{log:q}} 2>&1"
 
 
 rule extract_fewshot:
@@ -62,7 +62,7 @@ rule extract_fewshot:
         data_root=DATA_ROOT,
         version=EXTRACTION_VERSION,
     shell:
-        f"{EXTRACT}{RUN_ARGS} --out {{output}} > {{log}} 2>&1"
+        f"{EXTRACT}{RUN_ARGS} --out {{output:q}} > {{log:q}} 2>&1"
 
 
 rule extract_run:
@@ -90,4 +90,4 @@ rule extract_run:
         data_root=DATA_ROOT,
         version=EXTRACTION_VERSION,
     shell:
-        f"{EXTRACT}{RUN_ARGS} --out {{output.fewshot}} --test-out {{output.test}} > {{log}} 2>&1"
+        f"{EXTRACT}{RUN_ARGS} --out {{output.fewshot:q}} --test-out {{output.test:q}} > {{log:q}} 2>&1"

@@ -28,4 +28,4 @@ rule fit_backbone:
         "python -m pipeline.run fit_backbone --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --shot {wildcards.shot} --seed {wildcards.seed} --config {params.cfg:q} {params.source}"
         " --device {resources.device} --workers {resources.io_workers} --threads {threads}"
-        " --out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
+        " --out {output.checkpoint:q} --metrics {output.metrics:q} > {log:q} 2>&1"

@@ -21,8 +21,8 @@ rule train_fma:
         state=state_args,
         version=FMA_VERSION,
     shell:
-        "python -m pipeline.run train_fma --fewshot {input.fewshot} --test {input.test}"
+        "python -m pipeline.run train_fma --fewshot {input.fewshot:q} --test {input.test:q}"
         " --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --shot {wildcards.shot} --seed {wildcards.seed} {params.state}"
         " --config {params.cfg:q} --expect {params.expect:q} --device {resources.device} --threads {threads}"
-        " --metrics {output.metrics} --checkpoint {output.checkpoint} > {log} 2>&1"
+        " --metrics {output.metrics:q} --checkpoint {output.checkpoint:q} > {log:q} 2>&1"

@@ -21,4 +21,4 @@ rule pretrain_demo_backbone:
         version=PRETRAIN_VERSION,
     shell:
         "python -m pipeline.run pretrain_demo --config {params.cfg:q} --device {resources.device}"
-        " --threads {threads} --out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"
+        " --threads {threads} --out {output.checkpoint:q} --metrics {output.metrics:q} > {log:q} 2>&1"

@@ -17,8 +17,8 @@ rule train_probe:
         expect=lambda w: canonical(cache_expectation(w.backbone, w.dataset)),
         version=PROBE_VERSION,
     shell:
-        "python -m pipeline.run train_probe --fewshot {input.fewshot} --test {input.test}"
+        "python -m pipeline.run train_probe --fewshot {input.fewshot:q} --test {input.test:q}"
         " --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --shot {wildcards.shot} --seed {wildcards.seed}"
         " --config {params.cfg:q} --expect {params.expect:q} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        " --out {output:q} > {log:q} 2>&1"

@@ -212,6 +212,30 @@ def test_a_new_backbone_is_one_module_and_one_registry_line(tmp_path: Path) -> N
     assert "Toy" not in (REPO / "pipeline/backbones/registry.py").read_text()
 
 
+def job_runtimes(result: subprocess.CompletedProcess) -> dict[str, set[int]]:
+    """{rule: the `runtime` resources (minutes) of its jobs} from a dry run's job listing."""
+    runtimes: dict[str, set[int]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout + result.stderr):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule and rule.group(1) not in ("all", "ablations"):  # targets: no command to run
+            found = re.search(r"resources: .*\bruntime=(\d+)", block)
+            runtimes.setdefault(rule.group(1), set()).add(int(found.group(1)) if found else -1)
+    return runtimes
+
+
+def test_every_job_has_a_time_limit_by_dataset(tmp_path: Path) -> None:
+    """Minutes on the demo datasets, hours on a real one (its folder is faked: a dry run reads nothing)."""
+    result = snakemake(tmp_path, "-n", "all", "ablations", config=TINY)
+    demo = job_runtimes(result)
+    assert len(demo) == 11, demo  # every rule but pretrain_demo_backbone (no pretrained weights here)
+    assert all(-1 not in v and max(v) <= 60 for v in demo.values()), demo
+    (tmp_path / "data/dtd").mkdir(parents=True)
+    (tmp_path / "data/dtd/split_zhou_DescribableTextures.json").write_text("{}")
+    config = {**copy.deepcopy(TINY), "datasets": ["dtd"], "groups": {}, "data_root": "data", "ablations": {}}
+    real = job_runtimes(snakemake(tmp_path, "-n", config=config))
+    assert real["fit_backbone"] == {24 * 60} and real["extract_test"] == {8 * 60}, real
+
+
 @pytest.mark.parametrize(
     ("edit", "needle"),
     [

@@ -12,6 +12,8 @@ rule make_tables:
     localrule: True
     conda:
         "../../envs/pipeline.yaml"
+    resources:
+        runtime=job_minutes("make_tables"),
     params:
         groups=canonical(config["groups"]),
         order=canonical_ordered(BACKBONES),

@@ -58,6 +58,7 @@ rule make_ablation_table:
 rule ablations:
     input:
         ABLATION_TABLE_FILES,
+        ablation_runs(),  # a missing record is remade, then the table (rules/common.smk, TABLE_RECORDS)
     localrule: True
     message:
         f"Done. Ablation tables: {TABLES}/ablations.md (.csv, .tex)"

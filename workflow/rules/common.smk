@@ -359,6 +359,11 @@ def job_minutes(rule):
 
 # ---------------------------------------------------------------- targets
 
+# Every result record the tables are built from. `all` asks for them too: Snakemake remakes a missing
+# file only when a target asks for it or a job that needs it must run anyway (a missing intermediate
+# file is ignored while its consumers look up to date), so a record deleted by a failed job would
+# otherwise leave stale tables behind it with "Nothing to be done". The ablation target likewise.
+TABLE_RECORDS = runs(FMA_JSON, BACKBONES) + runs(PROBE_JSON, BACKBONES)
 TABLE_FILES = [
     f"{TABLES}/{name}.{ext}"
     for name in ("fewshot", "plugplay")

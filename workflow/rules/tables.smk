@@ -4,7 +4,7 @@
 
 rule make_tables:
     input:
-        records=runs(FMA_JSON, BACKBONES) + runs(PROBE_JSON, BACKBONES),
+        records=TABLE_RECORDS,
     output:
         TABLE_FILES,
     log:

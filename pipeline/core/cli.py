@@ -74,7 +74,7 @@ def guarded(main: Callable[..., int]) -> Callable[..., int]:
             where = f"{err.filename}: " if err.filename else ""
             print(f"error: {where}{err.strerror or err}", file=sys.stderr)
             return 1
-        except (KeyboardInterrupt, Interrupted) as err:
+        except KeyboardInterrupt as err:  # SIGINT, or SIGTERM as Interrupted
             signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
             name = signal.Signals(signum).name
             print(f"error: stopped by {name}; no partial output was left", file=sys.stderr)

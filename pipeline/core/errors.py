@@ -9,11 +9,12 @@ class InputError(ValueError):
     """
 
 
-class Interrupted(BaseException):
+class Interrupted(KeyboardInterrupt):
     """The process received SIGTERM (``pipeline.core.cli.guarded`` installs the handler).
 
-    A ``BaseException``, like ``KeyboardInterrupt``, so that ``except Exception`` does not swallow it
-    and every ``with`` block on the way out (``atomic_path``, open HDF5 files) cleans up.
+    A ``KeyboardInterrupt``, as for SIGINT: ``except Exception`` does not swallow it, every ``with``
+    block on the way out (``atomic_path``, open HDF5 files) cleans up, and a DataLoader worker
+    (which inherits the handler) exits quietly, leaving the report to the main process.
     """
 
     def __init__(self, signum: int) -> None:

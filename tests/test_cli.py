@@ -121,3 +121,53 @@ def test_a_killed_writers_temporary_goes_at_the_next_write(tmp_path: Path) -> No
     with atomic.atomic_path(tmp_path / "demo_digits", is_dir=True) as tmp:
         (tmp / "a").write_text("x")
     assert _temps(tmp_path) == [] and (tmp_path / "demo_digits" / "a").is_file()
+
+
+# An extraction with two DataLoader workers, each image load slowed down; each worker's first load
+# says so. (torch's own SIGTERM handler, set when a worker starts, kills it until its worker_init_fn
+# runs: a signal in that first instant still shows torch's traceback.)
+SLOW_EXTRACT = textwrap.dedent(
+    """
+    import os, sys, time
+    import pipeline.features.views as views
+    from pipeline.extract import main
+
+    real = views.load_image
+    def slow_load(path):
+        if not getattr(slow_load, "told", False):
+            slow_load.told = True
+            print("loading", os.getpid(), flush=True)
+        time.sleep(0.05)
+        return real(path)
+
+    views.load_image = slow_load
+    raise SystemExit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_sigterm_to_a_job_with_dataloader_workers_is_one_line(tmp_path: Path) -> None:
+    """Slurm signals every process of a job: the workers ignore it, the main process stops them and
+    reports one line (no 'DataLoader worker is killed by signal' traceback)."""
+    from pipeline.demo.datasets import build_demo_dataset
+
+    build_demo_dataset("demo_digits", tmp_path / "data" / "demo_digits")
+    config = '{"encoder": {"model": "demo-vit-t-28", "pretrained": null}}'
+    argv = [
+        "--backbone", "zeroshot", "--dataset", "demo_digits", "--data-root", str(tmp_path / "data"),
+        "--config", config, "--device", "cpu", "--batch-size", "4", "--workers", "2", "--threads", "1",
+        "--out", str(tmp_path / "out" / "test.h5"),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_EXTRACT, *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )  # fmt: skip
+    workers = {proc.stdout.readline().split()[-1] for _ in range(2)}
+    assert len(workers) == 2  # both workers are loading images
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole process group, as a scheduler does
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert _error_lines(stderr) == ["error: stopped by SIGTERM; no partial output was left"]
+    assert "Exception ignored" not in stderr and "killed by signal" not in stderr, stderr[-3000:]
+    assert not (tmp_path / "out").exists() or _temps(tmp_path / "out") == []

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,3 +37,28 @@ def tiny_encoder() -> Encoder:
     (use ``fresh_encoder()`` for that).
     """
     return fresh_encoder()
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs filled up by a file ``filler``: every further write fails with ENOSPC.
+
+    Needs mount privileges (root); the test is skipped where ``mount`` is refused.
+    """
+    mount = tmp_path / "full"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        with open(mount / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 1024)
+            except OSError as err:
+                assert err.errno == errno.ENOSPC
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)

@@ -184,6 +184,45 @@ def test_ablations_target_reuses_caches_and_writes_table(finished_run: Path) -> 
         assert label in md, label
 
 
+def test_stale_tables_do_not_survive_a_failed_rerun(finished_run: Path, tmp_path: Path) -> None:
+    """A cache changes under the workflow; stage 2 fails on it, naming it, and Snakemake deletes the
+    failed jobs' records. Deleting the cache as the error advises, the next run remakes the cache,
+    both records and the tables. (Snakemake ignores a missing intermediate file while its consumers
+    look up to date: before `all` asked for the records this printed "Nothing to be done".)"""
+    import h5py
+
+    work = tmp_path / "w"
+    shutil.copytree(finished_run, work, symlinks=True)  # mtimes and .snakemake metadata kept
+    run, cache = "demo_digits/1shot_seed1", work / "results/features/clip_lora/demo_digits/1shot_seed1.h5"
+    with h5py.File(cache, "r+") as f:
+        x = f["train/features"][()]
+        x[0, 0, 0] += 0.01  # finite and plausible: only the checksum can tell
+        f["train/features"][...] = x
+    failed = snakemake(work, config=TINY)
+    assert failed.returncode != 0
+    log = (work / f"results/logs/train_fma/clip_lora/{run}.log").read_text()
+    damaged = f"{cache.relative_to(work)}: 'train/features' fails its checksum"
+    assert _one_error_line(log) == f"error: {damaged}: the file is damaged; delete it and rerun"
+    assert not (work / f"results/fma/clip_lora/{run}.json").exists()
+    cache.unlink()
+    assert planned_jobs(snakemake(work, "-n", config=TINY)) == {
+        "extract_run": 1, "train_fma": 1, "train_probe": 1, "make_tables": 1, "all": 1,
+    }  # fmt: skip
+    tables = work / "results/tables/fewshot.md"
+    before = tables.stat().st_mtime
+    rerun = snakemake(work, config=TINY)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert tables.stat().st_mtime > before and (work / f"results/fma/clip_lora/{run}.json").is_file()
+    assert planned_jobs(snakemake(work, "-n", config=TINY)) == {}
+
+
+def _one_error_line(log: str) -> str:
+    assert "Traceback" not in log, log
+    errors = [line for line in log.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, log
+    return errors[0]
+
+
 def test_a_new_backbone_is_one_module_and_one_registry_line(tmp_path: Path) -> None:
     """Copy the package, add a toy backbone (a module and a registry line, nothing under workflow/),
     and the unchanged workflow plans its fit, extraction and stage-2 jobs."""
@@ -210,6 +249,30 @@ def test_a_new_backbone_is_one_module_and_one_registry_line(tmp_path: Path) -> N
     assert jobs["fit_backbone"] == 2 and jobs["extract_fewshot"] == 4  # toy + the zero-shot caches it reuses
     assert jobs["extract_test"] == 1 and jobs["train_fma"] == 2 and jobs["train_probe"] == 2
     assert "Toy" not in (REPO / "pipeline/backbones/registry.py").read_text()
+
+
+def job_runtimes(result: subprocess.CompletedProcess) -> dict[str, set[int]]:
+    """{rule: the `runtime` resources (minutes) of its jobs} from a dry run's job listing."""
+    runtimes: dict[str, set[int]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout + result.stderr):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule and rule.group(1) not in ("all", "ablations"):  # targets: no command to run
+            found = re.search(r"resources: .*\bruntime=(\d+)", block)
+            runtimes.setdefault(rule.group(1), set()).add(int(found.group(1)) if found else -1)
+    return runtimes
+
+
+def test_every_job_has_a_time_limit_by_dataset(tmp_path: Path) -> None:
+    """Minutes on the demo datasets, hours on a real one (its folder is faked: a dry run reads nothing)."""
+    result = snakemake(tmp_path, "-n", "all", "ablations", config=TINY)
+    demo = job_runtimes(result)
+    assert len(demo) == 11, demo  # every rule but pretrain_demo_backbone (no pretrained weights here)
+    assert all(-1 not in v and max(v) <= 60 for v in demo.values()), demo
+    (tmp_path / "data/dtd").mkdir(parents=True)
+    (tmp_path / "data/dtd/split_zhou_DescribableTextures.json").write_text("{}")
+    config = {**copy.deepcopy(TINY), "datasets": ["dtd"], "groups": {}, "data_root": "data", "ablations": {}}
+    real = job_runtimes(snakemake(tmp_path, "-n", config=config))
+    assert real["fit_backbone"] == {24 * 60} and real["extract_test"] == {8 * 60}, real
 
 
 @pytest.mark.parametrize(

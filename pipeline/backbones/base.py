@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.backbones.encoder import Encoder, encode_texts
-from pipeline.core.atomic import atomic_path
+from pipeline.core.atomic import save_torch
 from pipeline.core.errors import InputError
 
 LOGIT_SCALE = 100.0  # OpenAI CLIP's learned temperature; the default when no encoder tells its own
@@ -215,8 +215,7 @@ def save_backbone(path: str | os.PathLike, backbone: Backbone, extra: Mapping[st
         "state": backbone.trained_state(),
         **dict(extra),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(payload, path)
 
 
 def read_backbone_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

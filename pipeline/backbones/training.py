@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.backbones.base import Backbone
 from pipeline.backbones.recipes import TrainRecipe
-from pipeline.core.device import adamw, autocast
+from pipeline.core.device import adamw, autocast, init_loader_worker
 from pipeline.core.errors import InputError
 from pipeline.core.progress import Progress
 from pipeline.core.schedule import warmup_cosine_lr
@@ -87,6 +87,7 @@ class ImageBatches:
             batch_size=self.batch_size,
             num_workers=self.workers,
             shuffle=False,
+            worker_init_fn=init_loader_worker,
         )
         yield from loader
 

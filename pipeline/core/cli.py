@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from pipeline.core.errors import InputError
+from pipeline.core.atomic import STORAGE_ERRNOS
+from pipeline.core.errors import InputError, Interrupted
 from pipeline.features.cache import Features, load_features
 
 log = logging.getLogger("pipeline")
@@ -34,16 +38,47 @@ def parse_json_arg(text: str, name: str) -> Any:
         raise InputError(f"argument {name}: not valid JSON ({err.msg} at char {err.pos})") from None
 
 
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """SIGTERM (Slurm at a time limit, Snakemake on Ctrl-C) raises ``Interrupted``, as SIGINT raises
+    KeyboardInterrupt, so that ``atomic_path`` removes its temporary files on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def guarded(main: Callable[..., int]) -> Callable[..., int]:
-    """Turn bad input into one line on stderr and exit code 2, instead of a traceback."""
+    """Turn bad input, a storage failure (disk full, read-only, no permission) or a SIGINT/SIGTERM
+    into one line on stderr and an exit code (2, 1, 128 + signal), instead of a traceback."""
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> int:
         try:
-            return main(*args, **kwargs)
+            with _sigterm_raises():
+                return main(*args, **kwargs)
         except (InputError, FileNotFoundError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except OSError as err:
+            if err.errno not in STORAGE_ERRNOS:
+                raise
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt as err:  # SIGINT, or SIGTERM as Interrupted
+            signum = err.signum if isinstance(err, Interrupted) else signal.SIGINT
+            name = signal.Signals(signum).name
+            print(f"error: stopped by {name}; no partial output was left", file=sys.stderr)
+            return 128 + signum
 
     return wrapper
 

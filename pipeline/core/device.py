@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 
 import torch
 
@@ -51,3 +52,15 @@ def adamw(params, **kwargs) -> torch.optim.AdamW:
         return torch.optim.AdamW(params, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(params, **kwargs)
+
+
+def init_loader_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores SIGINT and SIGTERM.
+
+    A scheduler signals every process of a job (Slurm at a time limit). The main process then shuts
+    its workers down and reports one line (``pipeline.core.cli.guarded``); a worker killed by the
+    signal itself would make torch print the loss of a worker as a traceback. A worker whose main
+    process is gone exits on its own (torch's watchdog).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

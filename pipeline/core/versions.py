@@ -7,7 +7,7 @@ everything downstream) when its code changes what it writes. Cache files record 
 DEMO_DATA_VERSION = 1  # pipeline.demo.datasets: images and split of the demo datasets
 SAMPLING_VERSION = 1  # pipeline.data.fewshot: which images a (shot, seed) draws
 FIT_VERSION = 3  # pipeline.backbones: the stage-1 methods and their training loop (3: model logit scale)
-EXTRACTION_VERSION = 2  # pipeline.extract: what the HDF5 caches hold (2: per-item view seeds, schema 2)
+EXTRACTION_VERSION = 3  # pipeline.extract: what the HDF5 caches hold (2: per-item view seeds; 3: schema 3)
 FMA_VERSION = (
     3  # pipeline.methods.fma: training, solver and metrics (2: official defaults, records, 3: fused AdamW)
 )

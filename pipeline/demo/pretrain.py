@@ -27,7 +27,7 @@ from open_clip.loss import ClipLoss
 from tqdm import tqdm
 
 from pipeline.backbones.encoder import Encoder, encode_images, encode_texts, register_model_configs
-from pipeline.core.atomic import atomic_path
+from pipeline.core.atomic import save_torch
 from pipeline.core.errors import InputError
 from pipeline.core.schedule import warmup_cosine_lr
 from pipeline.data.catalog import get_dataset_info
@@ -407,10 +407,9 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, cfg: PretrainConfi
     checkpoint: dict[str, Any] = {"state_dict": state_dict}
     if cfg is not None:
         checkpoint["config"] = json.loads(json.dumps(asdict(cfg)))
-    # Saving through a file object names the archive's records "archive/..." rather than after the
-    # random temporary file, so equal weights give byte-identical checkpoints.
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(checkpoint, f)
+    # Saved through memory (a file object): the archive's records are named "archive/..." rather
+    # than after the random temporary file, so equal weights give byte-identical checkpoints.
+    save_torch(checkpoint, path)
 
 
 @dataclass(frozen=True)

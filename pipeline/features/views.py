@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from pipeline.core.device import init_loader_worker
 from pipeline.core.errors import InputError
 from pipeline.core.progress import Progress
 from pipeline.data.images import load_image
@@ -110,7 +111,13 @@ def encode_views(
         InputError: the dataset is empty (``desc`` names it).
     """
     views = 1 + dataset.n_views
-    loader = DataLoader(dataset, batch_size=max(1, batch_size // views), num_workers=workers, shuffle=False)
+    loader = DataLoader(
+        dataset,
+        batch_size=max(1, batch_size // views),
+        num_workers=workers,
+        shuffle=False,
+        worker_init_fn=init_loader_worker,
+    )
     progress = Progress(len(dataset) * views, desc, "views", log)
     chunks = []
     for batch in loader:

@@ -18,6 +18,7 @@ rule train_fma_variant:
     resources:
         device=RUNTIME_DEVICE,
         io_workers=IO_WORKERS,
+        runtime=job_minutes("train_fma_variant"),
     params:
         cfg=lambda w: canonical(variant_fma_slice(w.variant)),
         expect=lambda w: canonical(cache_expectation(w.backbone, w.dataset)),
@@ -43,6 +44,8 @@ rule make_ablation_table:
     localrule: True
     conda:
         "../../envs/pipeline.yaml"
+    resources:
+        runtime=job_minutes("make_ablation_table"),
     params:
         labels=canonical_ordered(ABLATION_LABELS),
         out_dir=lambda w, output: os.path.dirname(output[0]),
@@ -55,6 +58,7 @@ rule make_ablation_table:
 rule ablations:
     input:
         ABLATION_TABLE_FILES,
+        ablation_runs(),  # a missing record is remade, then the table (rules/common.smk, TABLE_RECORDS)
     localrule: True
     message:
         f"Done. Ablation tables: {TABLES}/ablations.md (.csv, .tex)"

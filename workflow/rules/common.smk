@@ -333,8 +333,49 @@ def ablation_runs():
     )
 
 
+# ---------------------------------------------------------------- time limits
+
+# Every job's `runtime` resource, in minutes: the time limit a cluster executor gives it (Slurm sends
+# SIGTERM at the limit; the stages then remove their temporary files). Jobs on the demo datasets are
+# CPU-sized and take seconds to ~3 minutes; on real datasets the published recipes take minutes to
+# hours on a GPU. The limits are ~10x those times and double at each retry (--retries). A profile
+# overrides them: set-resources: {fit_backbone: {runtime: 600}}. Local runs do not enforce them.
+JOB_MINUTES = {  # rule: (demo dataset, real dataset)
+    "build_demo_dataset": (30, 30),
+    "sample_fewshot": (10, 10),
+    "pretrain_demo_backbone": (60, 60),
+    "fit_backbone": (30, 24 * 60),
+    "extract_test": (30, 8 * 60),
+    "extract_fewshot": (30, 4 * 60),
+    "extract_run": (30, 8 * 60),
+    "train_fma": (30, 4 * 60),
+    "train_fma_variant": (60, 8 * 60),
+    "train_probe": (15, 60),
+    "make_tables": (15, 15),
+    "make_ablation_table": (15, 15),
+}
+
+
+def job_minutes(rule):
+    """The `runtime` resource of ``rule``: a function of the job's dataset and attempt."""
+    demo, real = JOB_MINUTES[rule]
+
+    def minutes(wildcards, attempt):
+        dataset = getattr(wildcards, "dataset", None)
+        datasets = [dataset] if dataset else DATASETS
+        is_demo = all(get_dataset_info(d).source is not None for d in datasets)
+        return (demo if is_demo else real) * 2 ** (attempt - 1)
+
+    return minutes
+
+
 # ---------------------------------------------------------------- targets
 
+# Every result record the tables are built from. `all` asks for them too: Snakemake remakes a missing
+# file only when a target asks for it or a job that needs it must run anyway (a missing intermediate
+# file is ignored while its consumers look up to date), so a record deleted by a failed job would
+# otherwise leave stale tables behind it with "Nothing to be done". The ablation target likewise.
+TABLE_RECORDS = runs(FMA_JSON, BACKBONES) + runs(PROBE_JSON, BACKBONES)
 TABLE_FILES = [
     f"{TABLES}/{name}.{ext}"
     for name in ("fewshot", "plugplay")

@@ -11,6 +11,8 @@ rule build_demo_dataset:
         folder="|".join(DEMO_FOLDERS) or "no-demo-dataset",
     conda:
         "../../envs/pipeline.yaml"
+    resources:
+        runtime=job_minutes("build_demo_dataset"),
     params:
         dataset=lambda w: DEMO_FOLDERS[w.folder],
         data_root=lambda w, output: Path(output[0]).parent.parent,
@@ -29,6 +31,8 @@ rule sample_fewshot:
         f"{RESULTS}/logs/sample_fewshot/{RUN}.log",
     conda:
         "../../envs/pipeline.yaml"
+    resources:
+        runtime=job_minutes("sample_fewshot"),
     params:
         data_root=DATA_ROOT,
         version=SAMPLING_VERSION,

@@ -30,6 +30,7 @@ rule extract_test:
         device=RUNTIME_DEVICE,
         infer_batch=INFER_BATCH,
         io_workers=IO_WORKERS,
+        runtime=job_minutes("extract_test"),
     params:
         cfg=lambda w: canonical(encoder_slice()),
         data_root=DATA_ROOT,
@@ -56,6 +57,7 @@ rule extract_fewshot:
         device=RUNTIME_DEVICE,
         infer_batch=INFER_BATCH,
         io_workers=IO_WORKERS,
+        runtime=job_minutes("extract_fewshot"),
     params:
         cfg=lambda w: canonical(extract_slice(w.backbone, w.dataset)),
         sources=extract_args,
@@ -84,6 +86,7 @@ rule extract_run:
         device=RUNTIME_DEVICE,
         infer_batch=INFER_BATCH,
         io_workers=IO_WORKERS,
+        runtime=job_minutes("extract_run"),
     params:
         cfg=lambda w: canonical(extract_slice(w.backbone, w.dataset)),
         sources=extract_args,

@@ -20,6 +20,7 @@ rule fit_backbone:
         gpu=GPU_JOB,
         device=RUNTIME_DEVICE,
         io_workers=IO_WORKERS,
+        runtime=job_minutes("fit_backbone"),
     params:
         cfg=lambda w: canonical(fit_slice(w.backbone, w.dataset, w.shot)),
         source=fit_args,

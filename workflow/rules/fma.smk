@@ -15,6 +15,7 @@ rule train_fma:
     threads: 1
     resources:
         device=RUNTIME_DEVICE,
+        runtime=job_minutes("train_fma"),
     params:
         cfg=canonical(config["fma"]),
         expect=lambda w: canonical(cache_expectation(w.backbone, w.dataset)),

@@ -16,6 +16,7 @@ rule pretrain_demo_backbone:
     resources:
         gpu=GPU_JOB,
         device=RUNTIME_DEVICE,
+        runtime=job_minutes("pretrain_demo_backbone"),
     params:
         cfg=lambda w: canonical({**config["demo_backbone"], "model": w.model}),
         version=PRETRAIN_VERSION,

@@ -12,6 +12,8 @@ rule train_probe:
     conda:
         "../../envs/pipeline.yaml"
     threads: 1
+    resources:
+        runtime=job_minutes("train_probe"),
     params:
         cfg=canonical(config["probe"]),
         expect=lambda w: canonical(cache_expectation(w.backbone, w.dataset)),

@@ -4,7 +4,7 @@
 
 rule make_tables:
     input:
-        records=runs(FMA_JSON, BACKBONES) + runs(PROBE_JSON, BACKBONES),
+        records=TABLE_RECORDS,
     output:
         TABLE_FILES,
     log:
@@ -12,6 +12,8 @@ rule make_tables:
     localrule: True
     conda:
         "../../envs/pipeline.yaml"
+    resources:
+        runtime=job_minutes("make_tables"),
     params:
         groups=canonical(config["groups"]),
         order=canonical_ordered(BACKBONES),

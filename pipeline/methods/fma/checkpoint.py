@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pipeline.core.atomic import atomic_path
+from pipeline.core.atomic import save_torch
 from pipeline.core.config import FMAConfig, from_dict
 from pipeline.core.errors import InputError
 from pipeline.methods.fma.velocity import DIT_TIME_SCALE, FREQ_DIM, OFFICIAL_TIME_SCALE, VelocityNet
@@ -58,8 +58,7 @@ def save_velocity(path: str | os.PathLike, net: VelocityNet, cfg: FMAConfig, sel
         "selected_m": int(selected_m),
         "step_size": float(cfg.step_size),
     }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(state, path)
 
 
 def _read(path: str | os.PathLike) -> Any:

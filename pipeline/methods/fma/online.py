@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.core.device import init_loader_worker
 from pipeline.features.views import EpochImages
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,13 @@ class OnlineViews:
         The global torch RNG is left as it was (the per-item seeding happens inside a fork).
         """
         self.images.epoch = epoch
-        loader = DataLoader(self.images, batch_size=self.batch_size, num_workers=self.workers, shuffle=False)
+        loader = DataLoader(
+            self.images,
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            shuffle=False,
+            worker_init_fn=init_loader_worker,
+        )
         start = time.perf_counter()
         chunks = []
         with torch.random.fork_rng(devices=[]), torch.no_grad():

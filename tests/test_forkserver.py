@@ -79,6 +79,17 @@ def test_the_server_runs_the_stage_in_its_child_and_returns_the_exit_status(serv
     assert err[-1].startswith("error: ") and "fma.epochs" in err[-1]  # one line, from the child
 
 
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_the_stage_runs_under_the_jobs_umask(server, tmp_path, umask, mode):
+    fewshot, test = _write_caches(tmp_path)
+    proc = _client(
+        ["train_fma", *_argv(fewshot, test, tmp_path / "out")], server.socket,
+        stderr=subprocess.DEVNULL, preexec_fn=lambda: os.umask(umask),
+    )  # fmt: skip
+    assert proc.wait(timeout=120) == 0
+    assert (tmp_path / "out" / "metrics.json").stat().st_mode & 0o777 == mode
+
+
 def test_no_server_or_another_interpreter_means_the_client_runs_the_stage_itself(
     server, tmp_path, monkeypatch
 ):

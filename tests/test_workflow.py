@@ -193,26 +193,27 @@ def test_stale_tables_do_not_survive_a_failed_rerun(finished_run: Path, tmp_path
 
     work = tmp_path / "w"
     shutil.copytree(finished_run, work, symlinks=True)  # mtimes and .snakemake metadata kept
-    run, cache = "demo_digits/1shot_seed1", work / "results/features/clip_lora/demo_digits/1shot_seed1.h5"
+    results = work / TINY["results"]
+    run, cache = "demo_digits/1shot_seed1", results / "features/clip_lora/demo_digits/1shot_seed1.h5"
     with h5py.File(cache, "r+") as f:
         x = f["train/features"][()]
         x[0, 0, 0] += 0.01  # finite and plausible: only the checksum can tell
         f["train/features"][...] = x
     failed = snakemake(work, config=TINY)
     assert failed.returncode != 0
-    log = (work / f"results/logs/train_fma/clip_lora/{run}.log").read_text()
+    log = (results / f"logs/train_fma/clip_lora/{run}.log").read_text()
     damaged = f"{cache.relative_to(work)}: 'train/features' fails its checksum"
     assert _one_error_line(log) == f"error: {damaged}: the file is damaged; delete it and rerun"
-    assert not (work / f"results/fma/clip_lora/{run}.json").exists()
+    assert not (results / f"fma/clip_lora/{run}.json").exists()
     cache.unlink()
     assert planned_jobs(snakemake(work, "-n", config=TINY)) == {
         "extract_run": 1, "train_fma": 1, "train_probe": 1, "make_tables": 1, "all": 1,
     }  # fmt: skip
-    tables = work / "results/tables/fewshot.md"
+    tables = results / "tables/fewshot.md"
     before = tables.stat().st_mtime
     rerun = snakemake(work, config=TINY)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert tables.stat().st_mtime > before and (work / f"results/fma/clip_lora/{run}.json").is_file()
+    assert tables.stat().st_mtime > before and (results / f"fma/clip_lora/{run}.json").is_file()
     assert planned_jobs(snakemake(work, "-n", config=TINY)) == {}
 
 
@@ -269,7 +270,9 @@ def test_every_job_has_a_time_limit_by_dataset(tmp_path: Path) -> None:
     assert len(demo) == 11, demo  # every rule but pretrain_demo_backbone (no pretrained weights here)
     assert all(-1 not in v and max(v) <= 60 for v in demo.values()), demo
     (tmp_path / "data/dtd").mkdir(parents=True)
-    (tmp_path / "data/dtd/split_zhou_DescribableTextures.json").write_text("{}")
+    items = [[f"{c}/{i}.jpg", y, c] for y, c in enumerate(("banded", "woven")) for i in range(2)]
+    split = {"train": items, "val": items, "test": items}  # enough for the config's shots check
+    (tmp_path / "data/dtd/split_zhou_DescribableTextures.json").write_text(json.dumps(split))
     config = {**copy.deepcopy(TINY), "datasets": ["dtd"], "groups": {}, "data_root": "data", "ablations": {}}
     real = job_runtimes(snakemake(tmp_path, "-n", config=config))
     assert real["fit_backbone"] == {24 * 60} and real["extract_test"] == {8 * 60}, real

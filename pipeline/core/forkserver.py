@@ -4,9 +4,10 @@ Every stage job is a fresh ``python`` process, and importing torch, open_clip an
 takes 2-4 s on a CPU, longer than most demo jobs compute. On a local run the Snakefile's ``onstart``
 starts one server (``start_server``) that imports every stage once. Each job's
 ``python -m pipeline.run <stage> ...`` connects to it over a Unix socket and hands over its argv,
-working directory, environment and its stdin/stdout/stderr; the server forks a child that runs the
-stage's ``main(argv)`` and reports its exit status. The client relays SIGTERM, SIGINT and SIGHUP to
-that child and exits with its status, so to Snakemake a job behaves like the process it replaces.
+working directory, umask, environment and its stdin/stdout/stderr; the server forks a child that
+runs the stage's ``main(argv)`` and reports its exit status. The client relays SIGTERM, SIGINT and
+SIGHUP to that child and exits with its status, so to Snakemake a job behaves like the process it
+replaces.
 
 Without a reachable server (a cluster job on another node, a job in another Python environment,
 ``runtime.fork_server: false``) the client runs the stage in its own process: same code, same numbers.
@@ -91,8 +92,10 @@ def run_via_server(path: str, stage: str, argv: Sequence[str]) -> int | None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(5.0)
         sock.connect(path)
+        umask = os.umask(0o022)
+        os.umask(umask)
         request = json.dumps({**_identity(), "stage": stage, "argv": list(argv), "cwd": os.getcwd(),
-                              "env": dict(os.environ)}).encode()  # fmt: skip
+                              "env": dict(os.environ), "umask": umask}).encode()  # fmt: skip
         socket.send_fds(sock, [_HEADER.pack(len(request))], [0, 1, 2])
         sock.sendall(request)
         sock.settimeout(None)
@@ -194,6 +197,7 @@ def _serve_one(conn: socket.socket) -> NoReturn:
             os.dup2(fd, target)
             os.close(fd)
         os.chdir(request["cwd"])
+        os.umask(int(request["umask"]))
         os.environ.clear()
         os.environ.update(request["env"])
         _limit_threads(os.environ)

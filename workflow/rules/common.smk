@@ -58,6 +58,14 @@ SPECS = {name: get_spec(name) for name in NEEDED}
 RUNTIME_DEVICE = config["runtime"]["device"]
 INFER_BATCH = config["runtime"]["batch_size"]
 IO_WORKERS = config["runtime"]["workers"]
+# The interpreter rules run (`{PYTHON} -m pipeline.<stage>`): the one running Snakemake, so a Slurm
+# job needs no activated environment, only a filesystem it shares with the submitting machine.
+# Under --sdm conda/apptainer/env-modules, the python that the rule's environment provides.
+PYTHON = (
+    "python"
+    if workflow.deployment_settings.deployment_method
+    else shlex.quote(sys.executable)
+)
 
 
 def _gpu_present(device):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import slurm_cluster as slurm
 import torch
 
 from pipeline.backbones.encoder import Encoder, load_encoder
@@ -34,3 +35,15 @@ def tiny_encoder() -> Encoder:
     (use ``fresh_encoder()`` for that).
     """
     return fresh_encoder()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[slurm.SlurmCluster]:
+    """A single-node Slurm (partitions cpu and gpu, two fake GPUs) for the session; skipped, with
+    the reason, where its packages are missing (.ci/install-slurm.sh installs them)."""
+    reason = slurm.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    cluster = slurm.start()
+    yield cluster
+    slurm.stop(cluster)

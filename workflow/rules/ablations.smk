@@ -25,7 +25,7 @@ rule train_fma_variant:
         online=online_args,
         version=FMA_VERSION,
     shell:
-        "{PYTHON} -m pipeline.train_fma --fewshot {input.fewshot} --test {input.test}"
+        "$PYTHON -m pipeline.train_fma --fewshot {input.fewshot} --test {input.test}"
         " --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --shot {wildcards.shot} --seed {wildcards.seed} --variant {wildcards.variant} {params.state}"
         " --config {params.cfg:q} --expect {params.expect:q} {params.online}"
@@ -48,7 +48,7 @@ rule make_ablation_table:
         out_dir=lambda w, output: os.path.dirname(output[0]),
         version=TABLES_VERSION,
     shell:
-        "{PYTHON} -m pipeline.make_ablations --records {input.records} --labels {params.labels:q}"
+        "$PYTHON -m pipeline.make_ablations --records {input.records} --labels {params.labels:q}"
         " --out-dir {params.out_dir} > {log} 2>&1"
 
 

@@ -16,7 +16,7 @@ rule build_demo_dataset:
         data_root=lambda w, output: Path(output[0]).parent.parent,
         version=DEMO_DATA_VERSION,
     shell:
-        "{PYTHON} -m pipeline.build_demo --dataset {params.dataset} --data-root {params.data_root} > {log} 2>&1"
+        "$PYTHON -m pipeline.build_demo --dataset {params.dataset} --data-root {params.data_root} > {log} 2>&1"
 
 
 rule sample_fewshot:
@@ -33,5 +33,5 @@ rule sample_fewshot:
         data_root=DATA_ROOT,
         version=SAMPLING_VERSION,
     shell:
-        "{PYTHON} -m pipeline.sample_shots --dataset {wildcards.dataset} --data-root {params.data_root}"
+        "$PYTHON -m pipeline.sample_shots --dataset {wildcards.dataset} --data-root {params.data_root}"
         " --shot {wildcards.shot} --seed {wildcards.seed} --out {output} > {log} 2>&1"

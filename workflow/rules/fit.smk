@@ -25,7 +25,7 @@ rule fit_backbone:
         source=fit_args,
         version=FIT_VERSION,
     shell:
-        "{PYTHON} -m pipeline.fit_backbone --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
+        "$PYTHON -m pipeline.fit_backbone --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --shot {wildcards.shot} --seed {wildcards.seed} --config {params.cfg:q} {params.source}"
         " --device {resources.device} --workers {resources.io_workers} --threads {threads}"
         " --out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"

@@ -21,7 +21,7 @@ rule train_fma:
         state=state_args,
         version=FMA_VERSION,
     shell:
-        "{PYTHON} -m pipeline.train_fma --fewshot {input.fewshot} --test {input.test}"
+        "$PYTHON -m pipeline.train_fma --fewshot {input.fewshot} --test {input.test}"
         " --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --shot {wildcards.shot} --seed {wildcards.seed} {params.state}"
         " --config {params.cfg:q} --expect {params.expect:q} --device {resources.device} --threads {threads}"

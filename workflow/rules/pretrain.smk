@@ -20,5 +20,5 @@ rule pretrain_demo_backbone:
         cfg=lambda w: canonical({**config["demo_backbone"], "model": w.model}),
         version=PRETRAIN_VERSION,
     shell:
-        "{PYTHON} -m pipeline.pretrain_demo --config {params.cfg:q} --device {resources.device}"
+        "$PYTHON -m pipeline.pretrain_demo --config {params.cfg:q} --device {resources.device}"
         " --threads {threads} --out {output.checkpoint} --metrics {output.metrics} > {log} 2>&1"

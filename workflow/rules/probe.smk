@@ -17,7 +17,7 @@ rule train_probe:
         expect=lambda w: canonical(cache_expectation(w.backbone, w.dataset)),
         version=PROBE_VERSION,
     shell:
-        "{PYTHON} -m pipeline.train_probe --fewshot {input.fewshot} --test {input.test}"
+        "$PYTHON -m pipeline.train_probe --fewshot {input.fewshot} --test {input.test}"
         " --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --shot {wildcards.shot} --seed {wildcards.seed}"
         " --config {params.cfg:q} --expect {params.expect:q} --threads {threads}"

@@ -18,5 +18,5 @@ rule make_tables:
         out_dir=lambda w, output: os.path.dirname(output[0]),
         version=TABLES_VERSION,
     shell:
-        "{PYTHON} -m pipeline.make_tables --records {input.records} --groups {params.groups:q}"
+        "$PYTHON -m pipeline.make_tables --records {input.records} --groups {params.groups:q}"
         " --backbones {params.order:q} --out-dir {params.out_dir} > {log} 2>&1"

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import slurm_cluster as slurm
 import torch
 
 from pipeline.backbones.encoder import Encoder, load_encoder
@@ -62,3 +63,15 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[slurm.SlurmCluster]:
+    """A single-node Slurm (partitions cpu and gpu, two fake GPUs) for the session; skipped, with
+    the reason, where its packages are missing (.ci/install-slurm.sh installs them)."""
+    reason = slurm.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    cluster = slurm.start()
+    yield cluster
+    slurm.stop(cluster)

@@ -1,10 +1,16 @@
-"""Device selection: CUDA when present, CPU otherwise; mixed precision only on CUDA."""
+"""Device selection: CUDA when present, CPU otherwise; mixed precision only on CUDA; one GPU per
+concurrent local job."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import signal
+import tempfile
+from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -20,11 +26,46 @@ def resolve_device(name: str = "auto") -> torch.device:
         InputError: CUDA was asked for on a machine without it.
     """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return claim_gpu() if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"runtime.device is '{name}' but CUDA is not available on this machine")
-    return device
+    return claim_gpu() if device.type == "cuda" and device.index is None else device
+
+
+_CLAIMED: list[IO] = []  # lock files held open until this process (one job) exits
+
+
+def claim_gpu(lock_dir: Path | None = None) -> torch.device:
+    """The first visible GPU that no other process on this machine has claimed.
+
+    Snakemake 9 hands out a count of the ``gpu`` resource, not devices: ``--resources gpu=N`` lets N
+    jobs run at once, and without this each would use GPU 0. A job claims a GPU by holding an
+    exclusive ``flock`` on ``fewshot-flows-gpu-<id>.lock`` (in ``$FEWSHOT_GPU_LOCK_DIR`` or the
+    temporary folder) until it exits, so the lock is freed even when the job is killed. With one
+    visible GPU (Slurm gives a job its own through ``CUDA_VISIBLE_DEVICES``) nothing is locked.
+    When every GPU is claimed (N above the GPU count), the job shares GPU 0 and says so.
+    """
+    count = torch.cuda.device_count()
+    if count <= 1:
+        return torch.device("cuda")
+    lock_dir = Path(lock_dir or os.environ.get("FEWSHOT_GPU_LOCK_DIR") or tempfile.gettempdir())
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    for index in range(count):
+        gpu_id = visible[index] if index < len(visible) else str(index)  # the physical GPU
+        handle = open(lock_dir / f"fewshot-flows-gpu-{gpu_id}.lock", "a")  # kept open: the lock lasts as long
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _CLAIMED.append(handle)
+        log.info("using GPU %d of %d (id %s)", index, count, gpu_id)
+        return torch.device(f"cuda:{index}")
+    log.warning(
+        "all %d GPUs are claimed by other jobs: sharing GPU 0 (run at most %d GPU jobs)", count, count
+    )
+    return torch.device("cuda:0")
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:

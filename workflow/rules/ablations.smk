@@ -26,7 +26,7 @@ rule train_fma_variant:
         online=online_args,
         version=FMA_VERSION,
     shell:
-        "python -m pipeline.run train_fma --fewshot {input.fewshot:q} --test {input.test:q}"
+        "$PYTHON -m pipeline.run train_fma --fewshot {input.fewshot:q} --test {input.test:q}"
         " --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --shot {wildcards.shot} --seed {wildcards.seed} --variant {wildcards.variant} {params.state}"
         " --config {params.cfg:q} --expect {params.expect:q} {params.online}"
@@ -51,7 +51,7 @@ rule make_ablation_table:
         out_dir=lambda w, output: os.path.dirname(output[0]),
         version=TABLES_VERSION,
     shell:
-        "python -m pipeline.run make_ablations --records {input.records:q} --labels {params.labels:q}"
+        "$PYTHON -m pipeline.run make_ablations --records {input.records:q} --labels {params.labels:q}"
         " --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
 

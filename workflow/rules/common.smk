@@ -70,6 +70,16 @@ SPECS = {name: get_spec(name) for name in NEEDED}
 RUNTIME_DEVICE = config["runtime"]["device"]
 INFER_BATCH = config["runtime"]["batch_size"]
 IO_WORKERS = config["runtime"]["workers"]
+# Rules start their stages as `$PYTHON -m pipeline...`: the interpreter running Snakemake, so a
+# Slurm job needs no activated environment, only the filesystem it shares with the submitting
+# machine; under --sdm conda/apptainer/env-modules, the python of the rule's environment. A shell
+# variable set by the prefix: Snakemake's linter flags a global used as {PYTHON} in a shell command.
+PYTHON = (
+    "python"
+    if workflow.deployment_settings.deployment_method
+    else shlex.quote(sys.executable)
+)
+shell.prefix(f"set -euo pipefail; PYTHON={PYTHON}; ")  # the prefix replaces the default strict mode
 
 
 def _gpu_present(device):

@@ -18,7 +18,7 @@ rule build_demo_dataset:
         data_root=lambda w, output: Path(output[0]).parent.parent,
         version=DEMO_DATA_VERSION,
     shell:
-        "python -m pipeline.run build_demo --dataset {params.dataset} --data-root {params.data_root:q} > {log:q} 2>&1"
+        "$PYTHON -m pipeline.run build_demo --dataset {params.dataset} --data-root {params.data_root:q} > {log:q} 2>&1"
 
 
 rule sample_fewshot:
@@ -37,5 +37,5 @@ rule sample_fewshot:
         data_root=DATA_ROOT,
         version=SAMPLING_VERSION,
     shell:
-        "python -m pipeline.run sample_shots --dataset {wildcards.dataset} --data-root {params.data_root:q}"
+        "$PYTHON -m pipeline.run sample_shots --dataset {wildcards.dataset} --data-root {params.data_root:q}"
         " --shot {wildcards.shot} --seed {wildcards.seed} --out {output:q} > {log:q} 2>&1"

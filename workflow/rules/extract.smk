@@ -3,7 +3,7 @@
 # cache per run for every backbone, and a per-run test cache when the image side changes.
 
 EXTRACT = (
-    "python -m pipeline.run extract --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
+    "$PYTHON -m pipeline.run extract --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
     " --data-root {params.data_root:q} --config {params.cfg:q}"
     " --device {resources.device} --batch-size {resources.infer_batch}"
     " --workers {resources.io_workers} --threads {threads}"

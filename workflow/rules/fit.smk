@@ -26,7 +26,7 @@ rule fit_backbone:
         source=fit_args,
         version=FIT_VERSION,
     shell:
-        "python -m pipeline.run fit_backbone --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
+        "$PYTHON -m pipeline.run fit_backbone --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --shot {wildcards.shot} --seed {wildcards.seed} --config {params.cfg:q} {params.source}"
         " --device {resources.device} --workers {resources.io_workers} --threads {threads}"
         " --out {output.checkpoint:q} --metrics {output.metrics:q} > {log:q} 2>&1"

@@ -22,7 +22,7 @@ rule train_fma:
         state=state_args,
         version=FMA_VERSION,
     shell:
-        "python -m pipeline.run train_fma --fewshot {input.fewshot:q} --test {input.test:q}"
+        "$PYTHON -m pipeline.run train_fma --fewshot {input.fewshot:q} --test {input.test:q}"
         " --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --shot {wildcards.shot} --seed {wildcards.seed} {params.state}"
         " --config {params.cfg:q} --expect {params.expect:q} --device {resources.device} --threads {threads}"

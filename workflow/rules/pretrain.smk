@@ -21,5 +21,5 @@ rule pretrain_demo_backbone:
         cfg=lambda w: canonical({**config["demo_backbone"], "model": w.model}),
         version=PRETRAIN_VERSION,
     shell:
-        "python -m pipeline.run pretrain_demo --config {params.cfg:q} --device {resources.device}"
+        "$PYTHON -m pipeline.run pretrain_demo --config {params.cfg:q} --device {resources.device}"
         " --threads {threads} --out {output.checkpoint:q} --metrics {output.metrics:q} > {log:q} 2>&1"

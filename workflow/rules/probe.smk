@@ -19,7 +19,7 @@ rule train_probe:
         expect=lambda w: canonical(cache_expectation(w.backbone, w.dataset)),
         version=PROBE_VERSION,
     shell:
-        "python -m pipeline.run train_probe --fewshot {input.fewshot:q} --test {input.test:q}"
+        "$PYTHON -m pipeline.run train_probe --fewshot {input.fewshot:q} --test {input.test:q}"
         " --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --shot {wildcards.shot} --seed {wildcards.seed}"
         " --config {params.cfg:q} --expect {params.expect:q} --threads {threads}"

@@ -20,5 +20,5 @@ rule make_tables:
         out_dir=lambda w, output: os.path.dirname(output[0]),
         version=TABLES_VERSION,
     shell:
-        "python -m pipeline.run make_tables --records {input.records:q} --groups {params.groups:q}"
+        "$PYTHON -m pipeline.run make_tables --records {input.records:q} --groups {params.groups:q}"
         " --backbones {params.order:q} --out-dir {params.out_dir:q} > {log:q} 2>&1"

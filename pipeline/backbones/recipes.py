@@ -60,6 +60,18 @@ class TrainRecipe:
         if self.templates is not None and not all("{}" in t for t in self.templates):
             raise InputError("config key 'templates': every template needs a '{}' for the class name")
 
+    def resolved_for(self, dataset: str) -> dict[str, object]:
+        """Fields whose value depends on the dataset, fixed for ``dataset`` (none here)."""
+        return {}
+
+    def views_per_image(self) -> int:
+        """Augmented views of each training image per step (``EpochImages``); one here."""
+        return 1
+
+    def train_crop_scale(self, default: tuple[float, float]) -> tuple[float, float]:
+        """The RandomResizedCrop area range of the training images: the extraction's here."""
+        return default
+
 
 def schedule_length(recipe: TrainRecipe, dataset: str, shot: int) -> dict[str, int]:
     """``{"epochs": E}`` or ``{"iterations": I}`` for one (dataset, shot)."""

@@ -91,6 +91,9 @@ _SPECS = (
     BackboneSpec(
         "clip_lora", "CLIP-LoRA", "pipeline.backbones.clip_lora", "both", True, config=recipes.CLIPLoRA
     ),
+    BackboneSpec(
+        "mps_tuning", "MPS-Tuning", "pipeline.backbones.mps_tuning", "image", True, config=recipes.MPSTuning
+    ),
 )
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
 

@@ -21,7 +21,7 @@ from pipeline.backbones.base import save_backbone
 from pipeline.backbones.encoder import build_train_transform, load_encoder, logit_scale_of
 from pipeline.backbones.loading import build_backbone
 from pipeline.backbones.recipes import schedule_length
-from pipeline.backbones.registry import build_config, get_spec
+from pipeline.backbones.registry import build_config, get_spec, resolved_recipe
 from pipeline.backbones.training import FeatureBatches, ImageBatches, fit
 from pipeline.core.atomic import write_json
 from pipeline.core.cli import guarded, parse_json_object, setup_logging
@@ -94,13 +94,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_images(splits, fewshot.train)
         assert encoder is not None
         extraction = from_dict(ExtractionConfig, cfg_json.get("extraction"), "extraction.")
-        transform = build_train_transform(encoder, extraction.crop_scale, extraction.hflip)
+        crop_scale = recipe.train_crop_scale(extraction.crop_scale)
+        transform = build_train_transform(encoder, crop_scale, extraction.hflip)
         paths = [resolve_image(splits, it) for it in fewshot.train]
-        images = EpochImages(paths, [it.label for it in fewshot.train], transform, args.seed)
+        labels = [it.label for it in fewshot.train]
+        images = EpochImages(paths, labels, transform, args.seed, views=recipe.views_per_image())
         batches = ImageBatches(images, recipe.batch_size, args.workers)
         classnames, dim = splits.classnames, encoder.dim
 
-    section = cfg_json.get("recipe") or {}
+    # Per-dataset values (MPS-Tuning's lambda1, temperature) fixed, so the checkpoint holds them.
+    section = resolved_recipe(args.backbone, cfg_json.get("recipe") or {}, args.dataset, args.shot)
     backbone = build_backbone(args.backbone, encoder, classnames, templates, section, dim, seed=args.seed)
     backbone.to(device)
     if encoder is None:

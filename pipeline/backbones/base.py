@@ -146,6 +146,10 @@ class Backbone(nn.Module):
         x = self.encode_images(inputs) if inputs.ndim == 4 else self.adapt_features(inputs)
         return F.cross_entropy(self.logits(x), labels.to(x.device))
 
+    def start_step(self, step: int, total: int) -> None:
+        """Called by ``training.fit`` before each of the ``total`` steps; a method whose loss follows
+        the run's progress (MPS-Tuning's temperature schedule) reads it here. Nothing by default."""
+
     def train(self, mode: bool = True) -> Backbone:
         """Put the method's own modules in training mode; the frozen CLIP stays in eval mode.
 

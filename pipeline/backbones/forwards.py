@@ -49,7 +49,7 @@ def fit_forwards(
     per_epoch = math.ceil(size.n_train / recipe.batch_size)
     steps = length.get("iterations", length.get("epochs", 0) * per_epoch)
     batch = min(recipe.batch_size, size.n_train)
-    image = steps * batch if spec.fit_input == "images" else 0
+    image = steps * batch * recipe.views_per_image() if spec.fit_input == "images" else 0
     text = 0
     if spec.changes in ("text", "both"):
         text = steps * (batch * size.classes if spec.per_image_text else size.classes * size.templates)

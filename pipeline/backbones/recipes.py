@@ -76,6 +76,18 @@ class TrainRecipe:
         for i, template in enumerate(self.templates or ()):
             check_template(template, f"templates.{i}")
 
+    def resolved_for(self, dataset: str) -> dict[str, object]:
+        """Fields whose value depends on the dataset, fixed for ``dataset`` (none here)."""
+        return {}
+
+    def views_per_image(self) -> int:
+        """Augmented views of each training image per step (``EpochImages``); one here."""
+        return 1
+
+    def train_crop_scale(self, default: tuple[float, float]) -> tuple[float, float]:
+        """The RandomResizedCrop area range of the training images: the extraction's here."""
+        return default
+
 
 def _check_at_least(key: str, value: float, low: float) -> None:
     if not value >= low:
@@ -172,3 +184,92 @@ class CLIPLoRA(TrainRecipe):
             raise InputError(f"config key 'alpha': must be > 0, got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"config key 'dropout': must be in [0, 1), got {self.dropout}")
+
+
+# MPS-Tuning's per-dataset settings (Preserve and Sculpt, ICLR 2026; docs/backbones.md, "MPS-Tuning").
+_MPS_EPOCHS = {
+    "caltech101": 100, "dtd": 100, "eurosat": 200, "fgvc_aircraft": 200, "flowers102": 200,
+    "food101": 50, "imagenet": 50, "oxford_pets": 100, "stanford_cars": 200, "sun397": 50,
+    "ucf101": 100,
+}  # fmt: skip
+_MPS_LAMBDA1 = {"food101": 2.0, "sun397": 2.0, "imagenet": 2.0, "oxford_pets": 2.0}  # else 0.5
+_MPS_WARM_TEMPERATURE = (0.5, 0.07)  # HMS temperature (start, end) on the datasets below
+_MPS_WARM = ("oxford_pets", "food101", "dtd", "eurosat", "ucf101")
+
+
+@dataclass(frozen=True)
+class MPSTuning(TrainRecipe):
+    """MPS-Tuning (Preserve and Sculpt, ICLR 2026): a third of the vision blocks with zero-initialised
+    parallel adapters, the last third fine-tuned as copies; CE + lambda1 MAR + lambda2 HMS.
+
+    ``lambda1`` and ``temperature`` left at None take the per-dataset value of
+    ``lambda1_by_dataset`` / ``temperature_by_dataset`` (else ``lambda1_default`` /
+    ``temperature_default``); ``resolved_for`` fixes them for one dataset, so a fit job's config
+    slice and checkpoint hold the values it used.
+    """
+
+    alpha: float = 0.3  # prediction = alpha fine-tuned + (1 - alpha) zero-shot logits
+    lambda1: float | None = None  # MAR weight
+    lambda1_default: float = 0.5
+    lambda1_by_dataset: dict[str, float] = field(default_factory=lambda: dict(_MPS_LAMBDA1))
+    lambda2: float = 0.1  # HMS weight
+    # HMS temperature, cosine-annealed from the first value to the second over the run.
+    temperature: tuple[float, float] | None = None
+    temperature_default: tuple[float, float] = (0.1, 0.05)
+    temperature_by_dataset: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: dict.fromkeys(_MPS_WARM, _MPS_WARM_TEMPERATURE)
+    )
+    # HMS at the output (weight 1) and at the block before the last, pseudo-forwarded (weight 0.5,
+    # temperature x 2): one entry per sculpted layer, the output first.
+    hms_weights: tuple[float, ...] = (1.0, 0.5)
+    hms_temperature_factors: tuple[float, ...] = (1.0, 2.0)
+    crop_scale: tuple[float, float] = (0.3, 1.0)  # RandomResizedCrop area of both training views
+    views: int = 2  # augmented views of each training image per step (HMS's visual positives)
+    epochs_by_shots: dict[int, int] = field(default_factory=lambda: {1: 100})
+    epochs_by_dataset: dict[str, int] = field(default_factory=lambda: dict(_MPS_EPOCHS))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.alpha <= 1.0:
+            raise InputError(f"config key 'alpha': must be in [0, 1], got {self.alpha}")
+        if len(self.hms_weights) != len(self.hms_temperature_factors) or not self.hms_weights:
+            raise InputError("config key 'hms_weights': give one weight per hms_temperature_factors entry")
+        if self.views < 1:
+            raise InputError(f"config key 'views': must be >= 1, got {self.views}")
+        from pipeline.core.config import check_crop_scale  # torch-free
+
+        check_crop_scale(self.crop_scale, "crop_scale")
+        temperatures = [self.temperature_default, *self.temperature_by_dataset.values()]
+        if self.temperature is not None:
+            temperatures.append(self.temperature)
+        if not all(len(t) == 2 and min(t) > 0 for t in temperatures):
+            raise InputError("config key 'temperature': expected (start, end), both > 0")
+
+    def resolved_for(self, dataset: str) -> dict[str, object]:
+        """The fields that depend on the dataset, fixed for ``dataset`` (tables emptied)."""
+        lambda1 = (
+            self.lambda1
+            if self.lambda1 is not None
+            else self.lambda1_by_dataset.get(dataset, self.lambda1_default)
+        )
+        temperature = self.temperature or self.temperature_by_dataset.get(dataset, self.temperature_default)
+        return {
+            "lambda1": lambda1, "lambda1_by_dataset": {},
+            "temperature": tuple(temperature), "temperature_by_dataset": {},
+        }  # fmt: skip
+
+    def views_per_image(self) -> int:
+        return self.views
+
+    def train_crop_scale(self, default: tuple[float, float]) -> tuple[float, float]:
+        return self.crop_scale
+
+    @property
+    def mar_weight(self) -> float:
+        """lambda1 of a resolved recipe (``lambda1_default`` when no dataset fixed it)."""
+        return self.lambda1 if self.lambda1 is not None else self.lambda1_default
+
+    @property
+    def hms_temperature(self) -> tuple[float, float]:
+        """(start, end) of a resolved recipe (``temperature_default`` when no dataset fixed it)."""
+        return tuple(self.temperature or self.temperature_default)  # type: ignore[return-value]

@@ -91,6 +91,9 @@ _SPECS = (
     BackboneSpec(
         "clip_lora", "CLIP-LoRA", "pipeline.backbones.clip_lora", "both", True, config=recipes.CLIPLoRA
     ),
+    BackboneSpec(
+        "mps_tuning", "MPS-Tuning", "pipeline.backbones.mps_tuning", "image", True, config=recipes.MPSTuning
+    ),
 )
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
 
@@ -142,7 +145,9 @@ def resolved_recipe(name: str, section: dict[str, Any] | None, dataset: str, sho
     to this (dataset, shot), so that a change for other datasets or shots reruns nothing here.
 
     The result is still a valid section: ``epochs_by_shots`` holds the one entry ``{shot: epochs}``
-    and ``epochs_by_dataset`` is empty (with ``iterations_per_shot`` set, both are unused).
+    and ``epochs_by_dataset`` is empty (with ``iterations_per_shot`` set, both are unused); other
+    per-dataset fields (MPS-Tuning's lambda1 and temperature) are fixed by ``resolved_for``. It is
+    idempotent: resolving a resolved section gives it back.
     """
     cfg = build_config(name, section)
     if cfg is None:
@@ -152,6 +157,7 @@ def resolved_recipe(name: str, section: dict[str, Any] | None, dataset: str, sho
         length = recipes.schedule_length(cfg, dataset, shot)
         out["epochs_by_dataset"] = {}
         out["epochs_by_shots"] = {str(shot): length["epochs"]} if "epochs" in length else {}
+        out.update(cfg.resolved_for(dataset))
     return out
 
 

@@ -167,6 +167,7 @@ def fit(
                 # image seeds), so data loading never changes it (EpochImages reseeds per image in
                 # the main process with workers=0; worker processes draw their base seed from it).
                 torch.manual_seed(item_seed(seed, step, epochs + 1))
+                backbone.start_step(step, total)
                 with autocast(device):
                     loss = backbone.loss(inputs.to(device), labels.to(device))
                 if not torch.isfinite(loss):

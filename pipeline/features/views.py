@@ -68,8 +68,10 @@ class ViewDataset(Dataset):
 
 
 class EpochImages(Dataset):
-    """One augmented view of every image per epoch, seeded per (seed, epoch, index); set ``epoch``
-    before iterating. Items are (image (3, H, W), label)."""
+    """Fresh augmented view(s) of every image per epoch, seeded per (seed, epoch, index); set
+    ``epoch`` before iterating. Items are (image (3, H, W), label), or with ``views`` = V > 1
+    (images (V, 3, H, W), label): V different draws of the augmentation of the same image (the
+    two-view loader MPS-Tuning's sculpting loss needs, which its official release lacks)."""
 
     def __init__(
         self,
@@ -77,10 +79,11 @@ class EpochImages(Dataset):
         labels: Sequence[int],
         transform: Callable[[Any], torch.Tensor],
         seed: int,
+        views: int = 1,
     ) -> None:
-        assert len(paths) == len(labels)
+        assert len(paths) == len(labels) and views >= 1
         self.paths, self.labels = [Path(p) for p in paths], [int(y) for y in labels]
-        self.transform, self.seed = transform, seed
+        self.transform, self.seed, self.views = transform, seed, views
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -89,7 +92,9 @@ class EpochImages(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = load_image(self.paths[index])
         torch.manual_seed(item_seed(self.seed, index, self.epoch + 1))  # epoch 0 = the cached views' seed
-        return self.transform(image), self.labels[index]
+        if self.views == 1:
+            return self.transform(image), self.labels[index]
+        return torch.stack([self.transform(image) for _ in range(self.views)]), self.labels[index]
 
 
 @torch.no_grad()

@@ -240,8 +240,9 @@ def test_paths_with_spaces_stay_one_argument_in_every_command(tmp_path: Path) ->
     cmd += ["--snakefile", str(REPO / "workflow/Snakefile"), "all", "ablations"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    commands = [line[line.index("python -m") :] for line in result.stdout.splitlines() if "python -m" in line]
-    stages = {shlex.split(c)[3] for c in commands}  # python -m pipeline.run <stage> ...
+    marker = "$PYTHON -m pipeline.run "
+    commands = [line[line.index(marker) :] for line in result.stdout.splitlines() if marker in line]
+    stages = {shlex.split(c)[3] for c in commands}  # $PYTHON -m pipeline.run <stage> ...
     assert {"build_demo", "pretrain_demo", "extract", "make_tables"} <= stages
     for command in commands:
         words = shlex.split(command)

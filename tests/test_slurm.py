@@ -69,7 +69,7 @@ def slurm_run(slurm_cluster, tmp_path_factory: pytest.TempPathFactory):
 
 def test_jobs_land_on_their_partitions_with_their_gpus(slurm_run) -> None:
     workdir, jobs = slurm_run
-    assert (workdir / "results/tables/fewshot.md").is_file()
+    assert (workdir / TINY["results"] / "tables/fewshot.md").is_file()
     rules = Counter(job["rule"] for job in jobs)
     assert set(rules) == {
         "build_demo_dataset", "sample_fewshot", "fit_backbone", "extract_test", "extract_fewshot",
@@ -110,11 +110,11 @@ def test_fma_change_submits_only_fma_jobs(slurm_run, slurm_cluster) -> None:
 
 def test_failing_job_fails_the_run_with_its_slurm_state(slurm_run, slurm_cluster) -> None:
     workdir, _ = slurm_run
-    cache = workdir / "results/features/zeroshot/demo_digits/1shot_seed1.h5"
+    cache = workdir / TINY["results"] / "features/zeroshot/demo_digits/1shot_seed1.h5"
     stat = cache.stat()
     cache.write_bytes(b"not an HDF5 file")
     os.utime(cache, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same mtime: only the forced job runs
-    target = "results/probe/zeroshot/demo_digits/1shot_seed1.json"
+    target = f"{TINY['results']}/probe/zeroshot/demo_digits/1shot_seed1.json"
     result = on_slurm(workdir, target, "--forcerun", target, config=TINY)
     assert result.returncode != 0
     assert "SLURM status is: 'FAILED'" in result.stderr, result.stderr[-3000:]

@@ -68,8 +68,12 @@ def test_read_only_file_system_is_one_line(tmp_path: Path, capsys) -> None:
 # surely lands while the stage writes.
 SLOW_BUILD = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
     import pipeline.demo.datasets as datasets
+
+    # A job started in the background (nohup, `&` in a script) inherits SIGINT ignored; take it
+    # back, as a job started from a terminal has it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from pipeline.build_demo import main
 
     real = datasets.save_png

@@ -180,3 +180,23 @@ def test_grayscale_images_become_rgb(tmp_path):
     img = load_image(path)
     assert img.mode == "RGB"
     assert np.asarray(img)[0, 0].tolist() == [200, 200, 200]
+
+
+def test_16_bit_and_float_images_keep_their_tones(tmp_path):
+    """PIL's convert("RGB") clips 16-bit greys to 255 (a near-white image); they scale to 8 bits."""
+    wide = np.array([[0, 257, 1000], [32768, 65535, 65535]], dtype=np.uint16)  # (2, 3)
+    png16 = tmp_path / "wide.png"
+    Image.fromarray(wide).save(png16)
+    assert Image.open(png16).mode in ("I;16", "I")  # what PIL decodes a 16-bit PNG to
+    rgb = np.asarray(load_image(png16))  # (2, 3, 3)
+    assert rgb.dtype == np.uint8 and (rgb == rgb[..., :1]).all()
+    assert rgb[..., 0].tolist() == [[0, 1, 4], [128, 255, 255]]
+
+    floats = tmp_path / "float.tif"
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(floats)
+    assert np.asarray(load_image(floats))[..., 0].tolist() == [[0, 128, 255]]
+
+    too_wide = tmp_path / "too_wide.tif"
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32)).save(too_wide)
+    with pytest.raises(InputError, match=rf"^image {too_wide}: I pixel values outside 0..65535"):
+        load_image(too_wide)

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.core.cli import guarded, setup_logging
 from pipeline.data.catalog import list_datasets
 from pipeline.data.coop import check_images, load_dataset
-from pipeline.data.fewshot import sample_fewshot, write_split_file
+from pipeline.data.fewshot import SAMPLERS, sample_fewshot, write_split_file
 
 log = logging.getLogger("pipeline.sample_shots")
 
@@ -22,14 +22,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", required=True, type=Path)
     parser.add_argument("--shot", required=True, type=int, help="training images per class")
     parser.add_argument("--seed", required=True, type=int)
+    parser.add_argument(
+        "--sampler", default="numpy", choices=SAMPLERS, help="numpy (this project's) or dassl (CoOp's draw)"
+    )
     parser.add_argument("--out", required=True, type=Path, help="few-shot split JSON to write")
     args = parser.parse_args(argv)
 
     splits = load_dataset(args.dataset, args.data_root)
-    fewshot = sample_fewshot(splits, args.shot, args.seed)
+    fewshot = sample_fewshot(splits, args.shot, args.seed, args.sampler)
     # Fail here, naming the split file, rather than in extraction: only the sampled images are statted.
     check_images(splits, fewshot.train + fewshot.val)
-    write_split_file(args.out, args.dataset, args.shot, args.seed, fewshot)
+    write_split_file(args.out, args.dataset, args.shot, args.seed, fewshot, args.sampler)
     log.info("wrote %s", args.out)
     return 0
 

@@ -128,6 +128,8 @@ BAD = {
     ),
     # duplicates
     "shots duplicate": (at("shots", [1, 1]), "shots"),
+    "sampler unknown": (at("sampler", "coop"), "sampler"),
+    "sampler not a string": (at("sampler", 1), "sampler"),
     "seeds duplicate": (at("seeds", [1, 1]), "seeds"),
     "datasets duplicate": (at("datasets", ["demo_digits", "demo_digits"]), "datasets"),
     "backbones duplicate": (at("backbones", ["coop", "coop"]), "backbones"),

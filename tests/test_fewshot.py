@@ -194,6 +194,10 @@ def test_sample_shots_main(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert len(data["train"]) == 6 and len(data["val"]) == 6
     assert {row[2] for row in data["train"]} == {"banded", "bumpy", "zig zagged"}
+    assert data["sampler"] == "numpy"
+    dassl = tmp_path / "shots" / "dtd_2_1_dassl.json"
+    assert sample_shots.main([*argv[:-1], str(dassl), "--sampler", "dassl"]) == 0
+    assert json.loads(dassl.read_text())["sampler"] == "dassl"
 
     # A sampled image that is missing: exit code 2 and one line naming the split file.
     for row in data["train"]:
@@ -202,3 +206,47 @@ def test_sample_shots_main(tmp_path, capsys):
     assert "names a missing image" in capsys.readouterr().err
     assert sample_shots.main([*argv[:2], "--data-root", str(tmp_path / "none"), *argv[4:]]) == 2
     assert f"data root {tmp_path / 'none'} does not exist" in capsys.readouterr().err
+
+
+def _dassl_reference(train: list[Item], val: list[Item], shot: int, seed: int) -> tuple[list, list]:
+    """CoOp's draw as Dassl writes it: random.seed(seed) once (CoOp's set_random_seed), then
+    generate_fewshot_dataset on train with k = shot and on val with k = min(shot, 4): items split
+    by label into a dict (labels in order of first appearance), random.sample(items, k) for each
+    label with at least k items, all items otherwise."""
+    import random
+    from collections import defaultdict
+
+    random.seed(seed)
+    out = []
+    for source, k in ((train, shot), (val, min(shot, 4))):
+        tracker = defaultdict(list)
+        for item in source:
+            tracker[item.label].append(item)
+        dataset = []
+        for items in tracker.values():
+            dataset.extend(random.sample(items, k) if len(items) >= k else items)
+        out.append(dataset)
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 17])
+@pytest.mark.parametrize("shot", [1, 2, 4, 8, 16])
+def test_dassl_sampler_draws_coops_images_in_coops_order(shot, seed):
+    splits = make_splits([20, 9, 30, 16, 5], [6, 2, 8, 4, 3])
+    # Labels first appear out of order in a real split file (e.g. sorted by image name): shuffle.
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(splits.train))
+    splits = DatasetSplits(
+        splits.name, splits.image_root, splits.classnames,
+        [splits.train[i] for i in order], splits.val[::-1], splits.test,
+    )  # fmt: skip
+    fewshot = sample_fewshot(splits, shot, seed, sampler="dassl")
+    assert (fewshot.train, fewshot.val) == _dassl_reference(splits.train, splits.val, shot, seed)
+    assert per_class(fewshot.train) == {c: min(shot, n) for c, n in enumerate([20, 9, 30, 16, 5])}
+
+
+def test_samplers_differ_and_an_unknown_one_is_one_line():
+    splits = make_splits([20, 20], [5, 5])
+    assert sample_fewshot(splits, 4, 1, "dassl").train != sample_fewshot(splits, 4, 1, "numpy").train
+    with pytest.raises(InputError, match=r"unknown sampler 'coop' \(choose from numpy, dassl\)"):
+        sample_fewshot(splits, 4, 1, "coop")

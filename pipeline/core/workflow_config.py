@@ -36,6 +36,7 @@ from pipeline.core.config import (
 )
 from pipeline.core.errors import InputError
 from pipeline.data.catalog import get_dataset_info, list_datasets
+from pipeline.data.fewshot import SAMPLERS
 from pipeline.data.sizes import smallest_train_class
 
 
@@ -192,6 +193,10 @@ def _load(config: Mapping[str, Any], schema_path: Path, presets_dir: Path) -> di
     _fill_defaults(config, schema)
     _check_finite(config, "")
     _schema_errors(config, schema)
+    if config["sampler"] not in SAMPLERS:
+        raise InputError(
+            f"key 'sampler': unknown sampler {config['sampler']!r} (choose from {', '.join(SAMPLERS)})"
+        )
     for key in ("results", "data_root"):
         if os.path.normpath(os.path.abspath(config[key])) == os.path.abspath(os.sep):
             raise InputError(f"key '{key}': {config[key]!r} is the filesystem root; name a folder")

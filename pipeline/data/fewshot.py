@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ log = logging.getLogger(__name__)
 
 # Few-shot validation images per class: min(shot, MAX_VAL_SHOTS) (CoOp / lpclip protocol).
 MAX_VAL_SHOTS = 4
+# How a (shot, seed) picks its images (config key `sampler`, docs/protocol.md):
+#   numpy: this project's draw, one numpy.random.default_rng(seed) stream, classes in label order;
+#   dassl: CoOp's own draw (Dassl's generate_fewshot_dataset after random.seed(seed)), so seed s
+#          gives the same images as seed s of the published CoOp, CoCoOp and CLIP-LoRA runs.
+SAMPLERS = ("numpy", "dassl")
 
 
 @dataclass(frozen=True)
@@ -50,21 +56,36 @@ def _draw(rng: np.random.Generator, pool: list[Item], k: int) -> list[Item]:
     return [pool[i] for i in chosen]
 
 
-def sample_fewshot(splits: DatasetSplits, shot: int, seed: int) -> FewShotSplit:
+def _dassl_draw(rng: random.Random, items: list[Item], k: int) -> list[Item]:
+    """Dassl's ``generate_fewshot_dataset`` for one split: per label in order of first appearance,
+    ``rng.sample`` of ``k`` items (in the order drawn), or every item of a label with fewer."""
+    groups: dict[int, list[Item]] = {}
+    for item in items:
+        groups.setdefault(item.label, []).append(item)
+    return [i for group in groups.values() for i in (rng.sample(group, k) if len(group) >= k else group)]
+
+
+def sample_fewshot(splits: DatasetSplits, shot: int, seed: int, sampler: str = "numpy") -> FewShotSplit:
     """Sample ``shot`` train and ``min(shot, 4)`` val images per class, without repetition.
 
-    All train classes are drawn first (in label order, items in split-file order), then all val
-    classes, from one ``numpy.random.default_rng(seed)`` stream, so the result depends only on
-    (split file, shot, seed). A class with fewer images than asked keeps all it has. Without a val
-    split, val is drawn from the train images of the class not already chosen for train.
+    ``numpy``: all train classes are drawn first (in label order, items in split-file order), then
+    all val classes, from one ``numpy.random.default_rng(seed)`` stream. ``dassl``: CoOp's draw,
+    ``random.Random(seed)`` and ``_dassl_draw`` on train, then on val continuing the same stream.
+    Either way the result depends only on (split file, shot, seed, sampler). A class with fewer
+    images than asked keeps all it has. Without a val split, val is drawn from the train images of
+    the class not already chosen for train.
 
     Raises:
-        InputError: ``shot`` < 1 or ``seed`` < 0.
+        InputError: ``shot`` < 1, ``seed`` < 0 or an unknown sampler.
     """
     if isinstance(shot, bool) or not isinstance(shot, int) or shot < 1:
         raise InputError(f"shot must be a positive integer, got {shot!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    if sampler not in SAMPLERS:
+        raise InputError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
+    if sampler == "dassl":
+        return _sample_dassl(splits, shot, seed)
     rng = np.random.default_rng(seed)
     num_classes = len(splits.classnames)
     train_groups = _by_class(splits.train, num_classes)
@@ -79,12 +100,31 @@ def sample_fewshot(splits: DatasetSplits, shot: int, seed: int) -> FewShotSplit:
             val_pools.append([item for item in group if item not in used])
     val = [_draw(rng, pool, val_shots(shot)) for pool in val_pools]
 
-    short = [splits.classnames[c] for c, items in enumerate(train) if len(items) < shot]
+    fewshot = FewShotSplit([i for g in train for i in g], [i for g in val for i in g])
+    return _logged(splits, shot, seed, fewshot)
+
+
+def _sample_dassl(splits: DatasetSplits, shot: int, seed: int) -> FewShotSplit:
+    rng = random.Random(seed)
+    train = _dassl_draw(rng, splits.train, shot)
+    if splits.val:
+        val_source = splits.val
+    else:
+        taken = set(train)
+        val_source = [item for item in splits.train if item not in taken]
+    val = _dassl_draw(rng, val_source, val_shots(shot))  # the same stream, as CoOp draws val after train
+    return _logged(splits, shot, seed, FewShotSplit(train, val))
+
+
+def _logged(splits: DatasetSplits, shot: int, seed: int, fewshot: FewShotSplit) -> FewShotSplit:
+    counts: dict[int, int] = {}
+    for item in fewshot.train:
+        counts[item.label] = counts.get(item.label, 0) + 1
+    short = [splits.classnames[c] for c in range(len(splits.classnames)) if counts.get(c, 0) < shot]
     if short:
         log.warning(
             "%s: %d classes have fewer than %d train images (kept all)", splits.name, len(short), shot
         )
-    fewshot = FewShotSplit(train=[i for g in train for i in g], val=[i for g in val for i in g])
     log.info(
         "%s shot %d seed %d: %d train, %d val images",
         splits.name,
@@ -96,7 +136,9 @@ def sample_fewshot(splits: DatasetSplits, shot: int, seed: int) -> FewShotSplit:
     return fewshot
 
 
-def write_split_file(path: Path, dataset: str, shot: int, seed: int, fewshot: FewShotSplit) -> None:
+def write_split_file(
+    path: Path, dataset: str, shot: int, seed: int, fewshot: FewShotSplit, sampler: str = "numpy"
+) -> None:
     """Record a sampled subset as JSON (atomically); entries are ``[path, label, classname]``."""
     write_json(
         path,
@@ -104,6 +146,7 @@ def write_split_file(path: Path, dataset: str, shot: int, seed: int, fewshot: Fe
             "dataset": dataset,
             "shot": shot,
             "seed": seed,
+            "sampler": sampler,
             "sampling_version": SAMPLING_VERSION,
             "train": [[i.path, i.label, i.classname] for i in fewshot.train],
             "val": [[i.path, i.label, i.classname] for i in fewshot.val],

@@ -35,7 +35,9 @@ rule sample_fewshot:
         runtime=job_minutes("sample_fewshot"),
     params:
         data_root=DATA_ROOT,
+        sampler=config["sampler"],
         version=SAMPLING_VERSION,
     shell:
         "$PYTHON -m pipeline.run sample_shots --dataset {wildcards.dataset} --data-root {params.data_root:q}"
-        " --shot {wildcards.shot} --seed {wildcards.seed} --out {output:q} > {log:q} 2>&1"
+        " --shot {wildcards.shot} --seed {wildcards.seed} --sampler {params.sampler}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,9 @@ import torch
 
 from pipeline.backbones.encoder import Encoder, load_encoder
 from pipeline.core.config import EncoderConfig
+from pipeline.data.coop import load_dataset
+from pipeline.data.fewshot import sample_fewshot, write_split_file
+from pipeline.demo.datasets import build_demo_dataset
 
 
 def fresh_encoder() -> Encoder:
@@ -40,20 +44,24 @@ def tiny_encoder() -> Encoder:
     return fresh_encoder()
 
 
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KiB tmpfs filled up by a file ``filler``: every further write fails with ENOSPC.
-
-    Needs mount privileges (root); the test is skipped where ``mount`` is refused.
-    """
-    mount = tmp_path / "full"
+@contextlib.contextmanager
+def mounted_tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at the new folder ``mount`` with ``options`` (e.g. ``ro,size=64k``), unmounted
+    afterwards; the test is skipped where ``mount`` is refused (it needs root)."""
     mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
-    )
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
     try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs filled up by a file ``filler``: every further write fails with ENOSPC."""
+    with mounted_tmpfs(tmp_path / "full", "size=64k") as mount:
         with open(mount / "filler", "wb", buffering=0) as f:
             try:
                 while True:
@@ -61,8 +69,16 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
             except OSError as err:
                 assert err.errno == errno.ENOSPC
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root with demo_digits built in it and a 2-shot seed-1 split file ``split.json``."""
+    root = tmp_path_factory.mktemp("data")
+    build_demo_dataset("demo_digits", root / "demo_digits")
+    splits = load_dataset("demo_digits", root)
+    write_split_file(root / "split.json", "demo_digits", 2, 1, sample_fewshot(splits, 2, 1))
+    return root
 
 
 @pytest.fixture(scope="session")

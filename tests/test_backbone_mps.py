@@ -37,8 +37,6 @@ from pipeline.backbones.registry import get_spec, resolved_recipe
 from pipeline.backbones.training import ImageBatches, fit
 from pipeline.core.errors import InputError
 from pipeline.data.coop import load_dataset, resolve_image
-from pipeline.data.fewshot import sample_fewshot, write_split_file
-from pipeline.demo.datasets import build_demo_dataset
 from pipeline.features.views import EpochImages
 
 NAMES = ["zero", "one", "two"]
@@ -294,15 +292,6 @@ def test_exported_features_reproduce_the_prediction() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- data and fit
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    build_demo_dataset("demo_digits", root / "demo_digits")
-    splits = load_dataset("demo_digits", root)
-    write_split_file(root / "split.json", "demo_digits", 2, 1, sample_fewshot(splits, 2, 1))
-    return root
 
 
 def demo_images(demo: Path, transform, views: int, seed: int = 1) -> EpochImages:

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import mounted_tmpfs
 from test_train_fma import _argv, _write_caches
 
 from pipeline.core import atomic
@@ -50,17 +51,8 @@ def test_full_disk_is_one_line_naming_the_file(tmp_path: Path, full_disk: Path, 
 
 def test_read_only_file_system_is_one_line(tmp_path: Path, capsys) -> None:
     fewshot, test = _write_caches(tmp_path)
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
         assert train_fma_main(_argv(fewshot, test, mount / "out")) == 1
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
     assert _error_lines(capsys.readouterr().err) == [f"error: {mount / 'out'}: Read-only file system"]
 
 

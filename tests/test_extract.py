@@ -10,22 +10,11 @@ import numpy as np
 import pytest
 
 from pipeline.data.coop import load_dataset
-from pipeline.data.fewshot import sample_fewshot, write_split_file
-from pipeline.demo.datasets import build_demo_dataset
 from pipeline.extract import main
 from pipeline.features.cache import load_features
 
 ENCODER = {"model": "demo-vit-t-28", "pretrained": None}
 TEMPLATES = ["a photo of the digit {}."]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    build_demo_dataset("demo_digits", root / "demo_digits")
-    splits = load_dataset("demo_digits", root)
-    write_split_file(root / "split.json", "demo_digits", 2, 1, sample_fewshot(splits, 2, 1))
-    return root
 
 
 def error_lines(capsys: pytest.CaptureFixture) -> list[str]:

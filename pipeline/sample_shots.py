@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shot", required=True, type=int, help="training images per class")
     parser.add_argument("--seed", required=True, type=int)
     parser.add_argument(
-        "--sampler", default="numpy", choices=SAMPLERS, help="numpy (this project's) or dassl (CoOp's draw)"
+        "--sampler", default="dassl", choices=SAMPLERS, help="numpy (this project's) or dassl (CoOp's draw)"
     )
     parser.add_argument("--out", required=True, type=Path, help="few-shot split JSON to write")
     args = parser.parse_args(argv)

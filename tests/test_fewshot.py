@@ -194,10 +194,10 @@ def test_sample_shots_main(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert len(data["train"]) == 6 and len(data["val"]) == 6
     assert {row[2] for row in data["train"]} == {"banded", "bumpy", "zig zagged"}
-    assert data["sampler"] == "numpy"
-    dassl = tmp_path / "shots" / "dtd_2_1_dassl.json"
-    assert sample_shots.main([*argv[:-1], str(dassl), "--sampler", "dassl"]) == 0
-    assert json.loads(dassl.read_text())["sampler"] == "dassl"
+    assert data["sampler"] == "dassl"  # the default: CoOp's draw
+    numpy_file = tmp_path / "shots" / "dtd_2_1_numpy.json"
+    assert sample_shots.main([*argv[:-1], str(numpy_file), "--sampler", "numpy"]) == 0
+    assert json.loads(numpy_file.read_text())["sampler"] == "numpy"
 
     # A sampled image that is missing: exit code 2 and one line naming the split file.
     for row in data["train"]:

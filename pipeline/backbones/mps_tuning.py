@@ -362,7 +362,8 @@ class MPSTuning(Backbone):
             labels: (B,) classes.
 
         Returns:
-            ``ce``, ``mar_global``, ``mar_local``, ``hms`` (weighted over layers) and ``loss``.
+            ``ce``, ``mar_global``, ``mar_local``, ``hms`` (weighted over layers) and ``loss``
+            (lambda1 weighs the MAR terms named in ``cfg.mar_parts``, both by default).
         """
         if inputs.ndim == 5:
             views = inputs.shape[1]
@@ -382,11 +383,8 @@ class MPSTuning(Backbone):
             self.sculpted_features(out), self.cfg.hms_weights, self.cfg.hms_temperature_factors, strict=True
         )
         terms["hms"] = sum(w * sculpt_loss(f, labels, texts, tau * factor) for f, w, factor in layers)
-        terms["loss"] = (
-            terms["ce"]
-            + self.cfg.mar_weight * (terms["mar_global"] + terms["mar_local"])
-            + self.cfg.lambda2 * terms["hms"]
-        )
+        mar = sum(terms[f"mar_{part}"] for part in self.cfg.mar_parts)
+        terms["loss"] = terms["ce"] + self.cfg.mar_weight * mar + self.cfg.lambda2 * terms["hms"]
         return terms
 
     def loss(self, inputs: Tensor, labels: Tensor) -> Tensor:

@@ -192,6 +192,7 @@ _MPS_EPOCHS = {
     "food101": 50, "imagenet": 50, "oxford_pets": 100, "stanford_cars": 200, "sun397": 50,
     "ucf101": 100,
 }  # fmt: skip
+MAR_PARTS = ("global", "local")  # MPS-Tuning's two manifold-alignment terms
 _MPS_LAMBDA1 = {"food101": 2.0, "sun397": 2.0, "imagenet": 2.0, "oxford_pets": 2.0}  # else 0.5
 _MPS_WARM_TEMPERATURE = (0.5, 0.07)  # HMS temperature (start, end) on the datasets below
 _MPS_WARM = ("oxford_pets", "food101", "dtd", "eurosat", "ucf101")
@@ -213,6 +214,8 @@ class MPSTuning(TrainRecipe):
     lambda1_default: float = 0.5
     lambda1_by_dataset: dict[str, float] = field(default_factory=lambda: dict(_MPS_LAMBDA1))
     lambda2: float = 0.1  # HMS weight
+    # Which MAR terms lambda1 weighs: the paper's full loss has both; the ablation drops one.
+    mar_parts: tuple[str, ...] = MAR_PARTS
     # HMS temperature, cosine-annealed from the first value to the second over the run.
     temperature: tuple[float, float] | None = None
     temperature_default: tuple[float, float] = (0.1, 0.05)
@@ -236,6 +239,11 @@ class MPSTuning(TrainRecipe):
             raise InputError("config key 'hms_weights': give one weight per hms_temperature_factors entry")
         if self.views < 1:
             raise InputError(f"config key 'views': must be >= 1, got {self.views}")
+        unknown = [p for p in self.mar_parts if p not in MAR_PARTS]
+        if unknown or len(set(self.mar_parts)) != len(self.mar_parts):
+            raise InputError(
+                f"config key 'mar_parts': expected distinct entries of {list(MAR_PARTS)}, got {list(self.mar_parts)}"
+            )
         from pipeline.core.config import check_crop_scale  # torch-free
 
         check_crop_scale(self.crop_scale, "crop_scale")

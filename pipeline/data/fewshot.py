@@ -65,7 +65,7 @@ def _dassl_draw(rng: random.Random, items: list[Item], k: int) -> list[Item]:
     return [i for group in groups.values() for i in (rng.sample(group, k) if len(group) >= k else group)]
 
 
-def sample_fewshot(splits: DatasetSplits, shot: int, seed: int, sampler: str = "numpy") -> FewShotSplit:
+def sample_fewshot(splits: DatasetSplits, shot: int, seed: int, sampler: str = "dassl") -> FewShotSplit:
     """Sample ``shot`` train and ``min(shot, 4)`` val images per class, without repetition.
 
     ``numpy``: all train classes are drawn first (in label order, items in split-file order), then

@@ -6,18 +6,25 @@ the image encoder; one that changes the image encoder trains on the images (``--
 their config (``torch.load(..., weights_only=True)``), and a JSON of the loss per epoch and the
 images and prompts that went through the encoders. A non-finite loss stops the job with one line
 and writes nothing.
+
+With ``--record`` (the backbone ablations, ``snakemake backbone_ablations``) the job also scores the
+fitted backbone's own prediction on the test split, argmax_c <x, z_c> of its image features and class
+texts, and writes a result record (``pipeline.report.records``) with the fine-tuning time. That
+needs a backbone that fits on images.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from pipeline.backbones.base import save_backbone
+from pipeline.backbones.base import Backbone, save_backbone
 from pipeline.backbones.encoder import build_train_transform, load_encoder, logit_scale_of
 from pipeline.backbones.loading import build_backbone
 from pipeline.backbones.recipes import schedule_length
@@ -25,16 +32,20 @@ from pipeline.backbones.registry import build_config, get_spec, resolved_recipe
 from pipeline.backbones.training import FeatureBatches, ImageBatches, fit
 from pipeline.core.atomic import write_json
 from pipeline.core.cli import guarded, parse_json_object, setup_logging
-from pipeline.core.config import EncoderConfig, ExtractionConfig, from_dict
+from pipeline.core.config import EncoderConfig, ExtractionConfig, RuntimeConfig, from_dict
 from pipeline.core.device import resolve_device, set_threads
 from pipeline.core.errors import InputError
 from pipeline.core.versions import FIT_VERSION
-from pipeline.data.coop import check_images, load_dataset, resolve_image
+from pipeline.data.coop import DatasetSplits, check_images, load_dataset, resolve_image
 from pipeline.data.fewshot import read_split_file
 from pipeline.features.cache import load_fewshot
+from pipeline.features.extraction import encode_items
 from pipeline.features.views import EpochImages
+from pipeline.report.records import Result, build_record, write_record
 
 log = logging.getLogger("pipeline.fit_backbone")
+
+OWN_PREDICTION = "fitted"  # method name of the fitted backbone's own test accuracy in a record
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="checkpoint (.pt)")
     p.add_argument("--metrics", type=Path, required=True, help="loss per epoch and forward counts (.json)")
+    ablation = p.add_argument_group("backbone ablations")
+    ablation.add_argument("--record", type=Path, help="also score the test split; write a result record")
+    ablation.add_argument("--variant", help="ablation variant name stored in the record")
+    ablation.add_argument("--batch-size", type=int, default=256, help="test images per encoder batch")
     return p
+
+
+def score_test(
+    backbone: Backbone, splits: DatasetSplits, batch_size: int, workers: int, what: str
+) -> tuple[float, int, float]:
+    """(test accuracy in %, test images, seconds) of the backbone's own prediction on the test split:
+    argmax_c <x_i, z_c> of its (N, D) image features and (C, D) class texts."""
+    start = time.perf_counter()
+    check_images(splits, splits.test)
+    runtime = RuntimeConfig(batch_size=batch_size, workers=workers)
+    test = encode_items(backbone, splits, splits.test, runtime, f"{what}: test")
+    texts = backbone.class_texts().float().cpu().numpy()  # (C, D)
+    pred = (np.asarray(test.x, dtype=np.float32) @ texts.T).argmax(axis=1)  # (N,)
+    accuracy = float((pred == test.y).mean() * 100.0)
+    return accuracy, len(test.y), time.perf_counter() - start
 
 
 @guarded
@@ -67,6 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = get_spec(args.backbone)
     if not spec.trains:
         raise InputError(f"backbone '{args.backbone}' does not train: it has no fit_backbone job")
+    if args.record is not None and (spec.fit_input != "images" or spec.per_image_text):
+        raise InputError(
+            f"backbone '{args.backbone}': --record scores backbones that fit on images with one text "
+            "per class (backbone ablations)"
+        )
     cfg_json = parse_json_object(args.config, "--config")
     encoder_cfg = from_dict(EncoderConfig, cfg_json.get("encoder"), "encoder.")
     recipe = build_config(args.backbone, cfg_json.get("recipe") or {})
@@ -118,6 +153,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         **run,
         "version": FIT_VERSION,
     }
+    if args.record is not None:
+        accuracy, n_test, test_seconds = score_test(backbone, splits, args.batch_size, args.workers, what)
+        log.info("%s: test accuracy %.2f%% on %d images", what, accuracy, n_test)
+        record = build_record(
+            stage="fit_backbone",
+            run={"backbone": args.backbone, **run},
+            results=[Result(OWN_PREDICTION, "", "primary", accuracy)],
+            config=section,
+            timing={"train_seconds": result.seconds, "test_seconds": test_seconds},
+            info={"n_test": n_test, "steps": result.steps, "loss_per_epoch": result.loss_per_epoch},
+            variant=args.variant,
+        )
     save_backbone(args.out, backbone, info)
     write_json(
         args.metrics,
@@ -135,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "device": str(device),
         },
     )
+    if args.record is not None:
+        write_record(args.record, record)
     log.info(
         "%s: loss %.4f -> %.4f in %.1fs; %d images and %d prompts through the encoders; wrote %s",
         what, result.loss_per_epoch[0], result.loss_per_epoch[-1], result.seconds,

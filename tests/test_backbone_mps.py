@@ -389,3 +389,49 @@ def test_mar_parts_choose_the_alignment_terms_lambda1_weighs(demo: Path) -> None
         assert terms["loss"].item() == pytest.approx(float(want), rel=1e-6), parts
     with pytest.raises(InputError, match=r"^config key 'mar_parts': expected distinct entries"):
         recipes.MPSTuning(mar_parts=("global", "gobal"))
+
+
+def test_fit_backbone_record_scores_the_fitted_prediction_on_test(demo: Path, tmp_path: Path) -> None:
+    """``--record`` (the backbone ablations): the record's test accuracy is MPS-Tuning's own fused
+    prediction on the test split, recomputed here from the saved checkpoint."""
+    from pipeline.fit_backbone import main
+    from pipeline.report.records import read_records
+
+    config = {
+        "encoder": {"model": "demo-vit-t-28", "pretrained": None},
+        "recipe": {"epochs_by_shots": {1: 2}, "batch_size": 10, "warmup_epochs": 0, "lr": 0.05},
+        "templates": ["a photo of the digit {}."],
+        "extraction": {"views": 1},
+    }
+    out, record_path = tmp_path / "fit.pt", tmp_path / "record.json"
+    args = ["--backbone", "mps_tuning", "--dataset", "demo_digits", "--shot", "2", "--seed", "1"]
+    args += [
+        "--config",
+        json.dumps(config),
+        "--data-root",
+        str(demo),
+        "--split-file",
+        str(demo / "split.json"),
+    ]
+    args += ["--device", "cpu", "--out", str(out), "--metrics", str(tmp_path / "fit.json")]
+    assert main([*args, "--record", str(record_path), "--variant", "lr_05"]) == 0
+    (record,) = read_records([record_path])
+    assert record["variant"] == "lr_05" and record["stage"] == "fit_backbone"
+    (result,) = record["results"]
+    splits = load_dataset("demo_digits", demo)
+    backbone = load_trained_backbone(
+        out, torch.device("cpu"), {"backbone": "mps_tuning"}, encoder=fresh_encoder()
+    )
+    images = torch.stack([backbone.need_encoder().preprocess(_open(splits, it)) for it in splits.test])
+    labels = torch.tensor([it.label for it in splits.test])
+    with torch.no_grad():
+        want = (backbone.prediction_logits(images).argmax(1) == labels).sum().item() * 100.0 / len(labels)
+    assert result["test_acc"] == pytest.approx(want, abs=1e-9) and record["info"]["n_test"] == len(labels)
+    assert result["role"] == "primary" and record["timing"]["train_seconds"] > 0
+
+
+def _open(splits, item):
+    from PIL import Image
+
+    with Image.open(resolve_image(splits, item)) as img:
+        return img.convert("RGB")

@@ -170,7 +170,13 @@ def test_shots_of_a_real_dataset_are_counted_in_its_split_file(tmp_path: Path) -
     folder.mkdir()
     train = [[f"a/{i}.jpg", 0, "a"] for i in range(3)] + [[f"b/{i}.jpg", 1, "b"] for i in range(5)]
     (folder / "split_zhou_DescribableTextures.json").write_text(json.dumps({"train": train, "test": train}))
-    config = {**copy.deepcopy(TINY), "datasets": ["dtd"], "data_root": str(tmp_path), "ablations": {}}
+    config = {
+        **copy.deepcopy(TINY),
+        "datasets": ["dtd"],
+        "data_root": str(tmp_path),
+        "ablations": {},
+        "backbone_ablations": {},
+    }
     load({**config, "shots": [3]})
     with pytest.raises(InputError, match="key 'shots': 4 shots, but the smallest class of dtd has 3"):
         load({**config, "shots": [1, 4]})

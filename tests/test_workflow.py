@@ -141,7 +141,7 @@ def test_fma_change_plans_only_fma_and_tables(finished_run: Path) -> None:
     config = copy.deepcopy(TINY)
     config["fma"]["epochs"] = 5
     assert planned_jobs(snakemake(finished_run, "-n", config=config)) == {
-        "train_fma": 10,
+        "train_fma": 12,  # 6 backbones x 2 shots
         "make_tables": 1,
         "all": 1,
     }
@@ -166,11 +166,11 @@ def test_extraction_change_reruns_extraction_but_not_the_test_cache(finished_run
     config["extraction"]["views"] = 2
     jobs = planned_jobs(snakemake(finished_run, "-n", config=config))
     assert "extract_test" not in jobs
-    assert jobs["extract_fewshot"] >= 2 and jobs["train_fma"] == 10
+    assert jobs["extract_fewshot"] >= 2 and jobs["train_fma"] == 12
     config = copy.deepcopy(TINY)
     config["encoder"]["model"] = "ViT-S-32"
     jobs = planned_jobs(snakemake(finished_run, "-n", config=config))
-    assert jobs.get("extract_test") == 1 and jobs.get("fit_backbone") == 8
+    assert jobs.get("extract_test") == 1 and jobs.get("fit_backbone") == 10
     snakemake(finished_run, "-n", config=TINY)
 
 
@@ -182,6 +182,27 @@ def test_ablations_target_reuses_caches_and_writes_table(finished_run: Path) -> 
     md = (finished_run / TINY["results"] / "tables/ablations.md").read_text()
     for label in ("| FMA |", "center view only", "online views", "oracle"):
         assert label in md, label
+
+
+def test_backbone_ablations_fit_each_variant_and_write_their_table(finished_run: Path) -> None:
+    jobs = planned_jobs(snakemake(finished_run, "-n", "backbone_ablations", config=TINY))
+    want = {"fit_backbone_variant": 2, "make_backbone_ablation_table": 1, "backbone_ablations": 1}
+    assert jobs == want, jobs  # the split files and the encoder are the main run's
+    result = snakemake(finished_run, "backbone_ablations", config=TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tables = finished_run / TINY["results"] / "tables"
+    md = (tables / "backbone_ablations.md").read_text()
+    assert "| CE only |" in md and "| + MAR global only |" in md and " M |" not in md, md
+    runs = finished_run / TINY["results"] / "backbone_ablations/mps_tuning/demo_digits/1shot_seed1"
+    record = json.loads((runs / "global.record.json").read_text())
+    assert record["variant"] == "global" and record["config"]["mar_parts"] == ["global"]
+    assert record["config"]["lambda2"] == 0.0 and record["timing"]["train_seconds"] > 0
+    assert not (runs / "global.pt").exists()  # temp(): the checkpoint goes once the record is written
+    edited = copy.deepcopy(TINY)
+    edited["backbone_ablations"]["variants"]["ce"]["config"]["lr"] = 0.01
+    assert planned_jobs(snakemake(finished_run, "-n", "backbone_ablations", config=edited)) == {
+        "fit_backbone_variant": 1, "make_backbone_ablation_table": 1, "backbone_ablations": 1
+    }  # fmt: skip
 
 
 def test_stale_tables_do_not_survive_a_failed_rerun(finished_run: Path, tmp_path: Path) -> None:
@@ -242,7 +263,7 @@ def test_a_new_backbone_is_one_module_and_one_registry_line(tmp_path: Path) -> N
     spec = '"toy", "Toy", "pipeline.backbones.toy", "text", True, "zeroshot", config=recipes.CoOp'
     line = f"    BackboneSpec({spec}),\n"
     registry.write_text(text.replace("_SPECS = (\n", "_SPECS = (\n" + line, 1))
-    config = {**copy.deepcopy(TINY), "backbones": ["toy"], "ablations": {}}
+    config = {**copy.deepcopy(TINY), "backbones": ["toy"], "ablations": {}, "backbone_ablations": {}}
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "pkg")}
     result = snakemake(tmp_path, "-n", config=config, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -273,7 +294,14 @@ def test_every_job_has_a_time_limit_by_dataset(tmp_path: Path) -> None:
     items = [[f"{c}/{i}.jpg", y, c] for y, c in enumerate(("banded", "woven")) for i in range(2)]
     split = {"train": items, "val": items, "test": items}  # enough for the config's shots check
     (tmp_path / "data/dtd/split_zhou_DescribableTextures.json").write_text(json.dumps(split))
-    config = {**copy.deepcopy(TINY), "datasets": ["dtd"], "groups": {}, "data_root": "data", "ablations": {}}
+    config = {
+        **copy.deepcopy(TINY),
+        "datasets": ["dtd"],
+        "groups": {},
+        "data_root": "data",
+        "ablations": {},
+        "backbone_ablations": {},
+    }
     real = job_runtimes(snakemake(tmp_path, "-n", config=config))
     assert real["fit_backbone"] == {24 * 60} and real["extract_test"] == {8 * 60}, real
 
@@ -287,7 +315,20 @@ def test_every_job_has_a_time_limit_by_dataset(tmp_path: Path) -> None:
             "unknown backbone 'coopp' (choose from zeroshot",
         ),
         (lambda c: c["backbone_config"]["coop"].update(n_ctx="many"), "backbone_config.coop.n_ctx"),
-        (lambda c: c.update(datasets=["dtd"], data_root="/no/such/root", ablations={}), "/no/such/root"),
+        (
+            lambda c: c.update(
+                datasets=["dtd"], data_root="/no/such/root", ablations={}, backbone_ablations={}
+            ),
+            "/no/such/root",
+        ),
+        (
+            lambda c: c["backbone_ablations"].update(backbone="coop"),
+            "key 'backbone_ablations.backbone': 'coop' is not a backbone that fits on images (choose from",
+        ),
+        (
+            lambda c: c["backbone_ablations"]["variants"]["ce"]["config"].update(mar_parts=["both"]),
+            "key 'backbone_ablations.variants.ce.config.mar_parts': expected distinct entries",
+        ),
     ],
 )
 def test_bad_config_fails_naming_the_key(tmp_path: Path, edit, needle: str) -> None:

@@ -242,7 +242,8 @@ class MPSTuning(TrainRecipe):
         unknown = [p for p in self.mar_parts if p not in MAR_PARTS]
         if unknown or len(set(self.mar_parts)) != len(self.mar_parts):
             raise InputError(
-                f"config key 'mar_parts': expected distinct entries of {list(MAR_PARTS)}, got {list(self.mar_parts)}"
+                f"config key 'mar_parts': expected distinct entries of {list(MAR_PARTS)}, "
+                f"got {list(self.mar_parts)}"
             )
         from pipeline.core.config import check_crop_scale  # torch-free
 

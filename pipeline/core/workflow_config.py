@@ -225,6 +225,7 @@ def _load(config: Mapping[str, Any], schema_path: Path, presets_dir: Path) -> di
     for name in ablations.get("backbones", []) if ablations.get("variants") else []:
         if name not in needed_backbones(config):
             raise InputError(f"key 'ablations.backbones': '{name}' is not in 'backbones'")
+    _check_backbone_ablations(config)
     for name, templates in config.get("templates", {}).items():
         if name not in known:
             raise InputError(f"key 'templates.{name}': unknown dataset")
@@ -253,6 +254,50 @@ def _load(config: Mapping[str, Any], schema_path: Path, presets_dir: Path) -> di
         ablations.get("shots", []), ablations.get("datasets", []), config["data_root"], "ablations.shots"
     )
     return config
+
+
+def _check_backbone_ablations(config: Mapping[str, Any]) -> None:
+    """The backbone_ablations section: a backbone that fits on images, datasets of the run, and
+    every variant's recipe (the backbone's section with the variant's overrides) valid."""
+    section = config.get("backbone_ablations", {})
+    if not section.get("variants"):
+        return
+    name = section["backbone"]
+    specs = {b: get_spec(b) for b in BACKBONES}
+    fits_on_images = [
+        b for b, s in specs.items() if s.trains and s.fit_input == "images" and not s.per_image_text
+    ]
+    if name not in fits_on_images:
+        raise InputError(
+            f"key 'backbone_ablations.backbone': '{name}' is not a backbone that fits on images "
+            f"(choose from {', '.join(fits_on_images)})"
+        )
+    if name not in config["backbones"]:
+        raise InputError(f"key 'backbone_ablations.backbone': '{name}' is not in 'backbones'")
+    for dataset in section.get("datasets", []):
+        if dataset not in config["datasets"]:
+            raise InputError(f"key 'backbone_ablations.datasets': '{dataset}' is not in 'datasets'")
+    for variant, spec in section["variants"].items():
+        overrides = spec.get("config", {})
+        try:
+            build_config(name, {**(config["backbone_config"].get(name) or {}), **overrides})
+        except InputError as err:
+            message = str(err).replace(
+                f"config key 'backbone_config.{name}.",
+                f"config key 'backbone_ablations.variants.{variant}.config.",
+                1,
+            )
+            raise InputError(message) from None
+    _check_shots(
+        section.get("shots", []), section.get("datasets", []), config["data_root"], "backbone_ablations.shots"
+    )
+
+
+def variant_recipe_section(config: Mapping[str, Any], variant: str) -> dict[str, Any]:
+    """backbone_config.<backbone> of the ablated backbone with one variant's overrides."""
+    section = config["backbone_ablations"]
+    name = section["backbone"]
+    return {**(config["backbone_config"].get(name) or {}), **section["variants"][variant].get("config", {})}
 
 
 def _check_shots(shots: list[int], datasets: list[str], data_root: str, key: str) -> None:

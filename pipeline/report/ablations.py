@@ -125,10 +125,11 @@ def ablation_tables(table: pd.DataFrame) -> list[Table]:
         sub = table[table["backbone"] == backbone]
         cells = list(dict.fromkeys(zip(sub["dataset"], sub["shot"], strict=True)))
         several_shots = len({s for _, s in cells}) > 1
+        with_m = bool(sub["m_mean"].notna().any())  # no M column for results without one
         columns = ["Variant"]
         for dataset, shot in cells:
             title = f"{dataset} {shot}-shot" if several_shots else dataset
-            columns += [f"{title} acc", f"{title} train s", f"{title} M"]
+            columns += [f"{title} acc", f"{title} train s"] + ([f"{title} M"] if with_m else [])
         rows: list[list[Cell | str | None]] = []
         rule_before: set[int] = set()
         roles: list[str] = []
@@ -143,11 +144,13 @@ def ablation_tables(table: pd.DataFrame) -> list[Table]:
             for cell in cells:
                 r = by_cell.get(cell)
                 if r is None:
-                    row += [None, None, None]
+                    row += [None] * (3 if with_m else 2)
                     continue
                 few = int(r["n_seeds"]) if r["n_seeds"] < most_seeds else None
                 row.append(Cell(r["mean"], r["std"], False, few, r["role"] == "diagnostic"))
-                row += [_number(r["train_seconds"]), _number(r["m_mean"], 0 if r["m_mean"] % 1 == 0 else 1)]
+                row.append(_number(r["train_seconds"]))
+                if with_m:
+                    row.append(_number(r["m_mean"], 0 if r["m_mean"] % 1 == 0 else 1))
             rows.append(row)
         tables.append(Table(f"Backbone: {backbone_label(backbone)}", columns, rows, rule_before))
     return tables
@@ -157,6 +160,12 @@ def _caption(table: pd.DataFrame) -> str:
     counts = sorted(set(table["n_seeds"].astype(int)))
     n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     n += " seed" + ("s" if counts[-1] > 1 else "")
+    if not table["m_mean"].notna().any():  # variants of a stage-1 backbone: its own prediction
+        return (
+            f"Ablations: test accuracy (%), mean ± std over {n} (sample std, ddof=1), of the fitted "
+            "backbone's own prediction for each variant of its training recipe; train s: mean "
+            "fine-tuning wall time in seconds."
+        )
     return (
         f"Ablations: test accuracy (%), mean ± std over {n} (sample std, ddof=1). acc: test accuracy "
         "of the row's reading (for a variant: at the number of Euler steps M chosen on the few-shot "
@@ -168,12 +177,15 @@ def _caption(table: pd.DataFrame) -> str:
 
 
 def write_ablation_report(
-    records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, labels: Mapping[str, str] | None = None
+    records: Sequence[Mapping[str, Any]],
+    out_dir: str | os.PathLike,
+    labels: Mapping[str, str] | None = None,
+    stem: str = "ablations",
 ) -> dict[str, Path]:
-    """Write ablations.csv (long form), ablations.md and ablations.tex into ``out_dir``."""
+    """Write <stem>.csv (long form), <stem>.md and <stem>.tex into ``out_dir``."""
     table = build_ablation(records, check_labels(labels or {}))
     out_dir = Path(out_dir)
-    paths = {ext: out_dir / f"ablations.{ext}" for ext in ("csv", "md", "tex")}
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("csv", "md", "tex")}
     tables = ablation_tables(table)
     caption = _caption(table)
     write_csv(table, paths["csv"])

@@ -1,5 +1,8 @@
 # FMA ablations (target: snakemake ablations --cores all): each variant overrides part of the fma
 # config; runs go to results/ablations/, the table to results/tables/ablations.md.
+# Backbone ablations (target: snakemake backbone_ablations --cores all): each variant overrides part
+# of one trained backbone's recipe; runs go to results/backbone_ablations/, the table to
+# results/tables/backbone_ablations.md.
 
 
 rule train_fma_variant:
@@ -62,3 +65,63 @@ rule ablations:
     localrule: True
     message:
         f"Done. Ablation tables: {TABLES}/ablations.md (.csv, .tex)"
+
+
+rule fit_backbone_variant:
+    """Fit one recipe variant of the ablated backbone on one run; score its own test prediction."""
+    input:
+        unpack(fit_inputs),
+    output:
+        checkpoint=temp(FIT_VARIANT_PT),
+        metrics=FIT_VARIANT_JSON,
+        record=FIT_VARIANT_RECORD,
+    log:
+        log_path("fit_backbone_variant", f"{RUN}/{{variant}}"),
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: STAGE1_THREADS
+    resources:
+        gpu=GPU_JOB,
+        device=RUNTIME_DEVICE,
+        io_workers=IO_WORKERS,
+        runtime=job_minutes("fit_backbone_variant"),
+    params:
+        cfg=lambda w: canonical(fit_variant_slice(w)),
+        source=fit_args,
+        version=FIT_VERSION,
+    shell:
+        "$PYTHON -m pipeline.run fit_backbone --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
+        " --shot {wildcards.shot} --seed {wildcards.seed} --config {params.cfg:q} {params.source}"
+        " --device {resources.device} --workers {resources.io_workers} --threads {threads}"
+        " --out {output.checkpoint:q} --metrics {output.metrics:q}"
+        " --record {output.record:q} --variant {wildcards.variant} > {log:q} 2>&1"
+
+
+rule make_backbone_ablation_table:
+    input:
+        records=backbone_ablation_runs(),
+    output:
+        BACKBONE_ABLATION_TABLE_FILES,
+    log:
+        f"{RESULTS}/logs/make_backbone_ablation_table.log",
+    localrule: True
+    conda:
+        "../../envs/pipeline.yaml"
+    resources:
+        runtime=job_minutes("make_backbone_ablation_table"),
+    params:
+        labels=canonical_ordered(BACKBONE_ABLATION_LABELS),
+        out_dir=lambda w, output: os.path.dirname(output[0]),
+        version=TABLES_VERSION,
+    shell:
+        "$PYTHON -m pipeline.run make_ablations --records {input.records:q} --labels {params.labels:q}"
+        " --out-dir {params.out_dir:q} --stem backbone_ablations > {log:q} 2>&1"
+
+
+rule backbone_ablations:
+    input:
+        BACKBONE_ABLATION_TABLE_FILES,
+        backbone_ablation_runs(),
+    localrule: True
+    message:
+        f"Done. Backbone ablation table: {TABLES}/backbone_ablations.md (.csv, .tex)"

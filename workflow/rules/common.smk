@@ -5,7 +5,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.backbones.registry import get_spec, image_source
+from pipeline.backbones.registry import get_spec, image_source, resolved_recipe
 from pipeline.core.config import (
     canonical_json as canonical,
 )  # equal slices, equal strings
@@ -28,6 +28,7 @@ from pipeline.core.workflow_config import (
     needed_backbones,
     recipe_slice,
     templates_for,
+    variant_recipe_section,
 )
 from pipeline.data.catalog import get_dataset_info, list_datasets
 
@@ -79,7 +80,9 @@ PYTHON = (
     if workflow.deployment_settings.deployment_method
     else shlex.quote(sys.executable)
 )
-shell.prefix(f"set -euo pipefail; PYTHON={PYTHON}; ")  # the prefix replaces the default strict mode
+shell.prefix(
+    f"set -euo pipefail; PYTHON={PYTHON}; "
+)  # the prefix replaces the default strict mode
 
 
 def _gpu_present(device):
@@ -343,6 +346,41 @@ def ablation_runs():
     )
 
 
+# Variants of one trained backbone's recipe (target backbone_ablations): each fits the backbone on
+# its runs with part of backbone_config.<backbone> overridden and scores its own test prediction.
+BACKBONE_ABLATIONS = config.get("backbone_ablations", {})
+BACKBONE_VARIANTS = BACKBONE_ABLATIONS.get("variants", {})
+BACKBONE_ABLATION_LABELS = {
+    name: v.get("label", name) for name, v in BACKBONE_VARIANTS.items()
+}
+FIT_VARIANT_JSON = f"{RESULTS}/backbone_ablations/{{backbone}}/{RUN}/{{variant}}.json"
+FIT_VARIANT_PT = f"{RESULTS}/backbone_ablations/{{backbone}}/{RUN}/{{variant}}.pt"
+FIT_VARIANT_RECORD = (
+    f"{RESULTS}/backbone_ablations/{{backbone}}/{RUN}/{{variant}}.record.json"
+)
+
+
+def fit_variant_slice(w):
+    """fit_slice of the ablated backbone with the variant's recipe."""
+    section = variant_recipe_section(config, w.variant)
+    return {
+        **fit_slice(w.backbone, w.dataset, w.shot),
+        "recipe": resolved_recipe(w.backbone, section, w.dataset, int(w.shot)),
+    }
+
+
+def backbone_ablation_runs():
+    if not BACKBONE_VARIANTS:
+        return []
+    return runs(
+        FIT_VARIANT_RECORD,
+        [BACKBONE_ABLATIONS["backbone"]],
+        BACKBONE_ABLATIONS.get("datasets", []),
+        BACKBONE_ABLATIONS.get("shots", []),
+        variant=list(BACKBONE_VARIANTS),
+    )
+
+
 # ---------------------------------------------------------------- time limits
 
 # Every job's `runtime` resource, in minutes: the time limit a cluster executor gives it (Slurm sends
@@ -363,6 +401,8 @@ JOB_MINUTES = {  # rule: (demo dataset, real dataset)
     "train_probe": (15, 60),
     "make_tables": (15, 15),
     "make_ablation_table": (15, 15),
+    "fit_backbone_variant": (30, 24 * 60),
+    "make_backbone_ablation_table": (15, 15),
 }
 
 
@@ -393,3 +433,6 @@ TABLE_FILES = [
 ]
 TABLE_FILES.append(f"{TABLES}/curves.png")
 ABLATION_TABLE_FILES = [f"{TABLES}/ablations.{ext}" for ext in ("md", "csv", "tex")]
+BACKBONE_ABLATION_TABLE_FILES = [
+    f"{TABLES}/backbone_ablations.{ext}" for ext in ("md", "csv", "tex")
+]

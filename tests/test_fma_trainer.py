@@ -196,3 +196,12 @@ def test_noise_summary_and_sigma2_sources(caplog):
     with pytest.raises(InputError, match=r"^config key 'fma.noise'"):
         train_velocity(_toy(shots=1, views=1), FMAConfig(blocks=1, epochs=1, noise="paper"), seed=0)
     assert "sigma2_source" not in train_velocity(data, FMAConfig(blocks=1, epochs=1), seed=0).info
+
+
+def test_training_logs_its_progress_in_plain_lines(caplog):
+    """Inside a Snakemake job stderr is a log file: progress comes as log lines, the last at 100 %."""
+    caplog.set_level("INFO", logger="pipeline.methods.fma.trainer")
+    fit = train_velocity(_toy(), FMAConfig(blocks=1, epochs=3, batch_size=8), seed=0)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("FMA training: ")]
+    assert lines and lines[-1].startswith("FMA training: 3/3 epochs (100%)"), lines
+    assert f"loss {fit.history[-1]:.4f}" in lines[-1] and "optimiser steps/s" in lines[-1]

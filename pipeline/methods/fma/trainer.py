@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline.core.config import FMAConfig
 from pipeline.core.device import adamw, autocast
 from pipeline.core.errors import InputError
+from pipeline.core.progress import Progress
 from pipeline.core.schedule import warmup_cosine_lr
 from pipeline.methods.fma.path import FlowPath, couple, estimate_sigma2, log_noise_scale
 from pipeline.methods.fma.velocity import VelocityNet
@@ -230,7 +230,8 @@ def train_velocity(
 
     history: list[float] = []
     step = 0
-    for epoch in tqdm(range(cfg.epochs), desc="FMA epochs", disable=not sys.stderr.isatty()):
+    progress = Progress(cfg.epochs, "FMA training", "epochs", log, every=15.0)
+    for epoch in range(cfg.epochs):
         perm = torch.randperm(n, generator=gen).to(device)  # (N,)
         views.start_epoch(epoch, gen)  # one view per image for this epoch
         total, count = 0.0, 0
@@ -259,6 +260,8 @@ def train_velocity(
             count += idx.shape[0]
             step += 1
         history.append(total / count)
+        steps_per_second = step / max(time.perf_counter() - progress.start, 1e-9)
+        progress.update(1, f"loss {history[-1]:.4f}, {steps_per_second:.0f} optimiser steps/s")
         log.debug("epoch %d/%d: loss %.6f lr %.3g", epoch + 1, cfg.epochs, history[-1], lr)
     if history:
         log.info(

@@ -42,8 +42,8 @@ def test_the_shipped_config_loads() -> None:
 
 
 def test_defaults_preset_and_user_precedence() -> None:
-    config = load(preset="cpu", backbone_config={"coop": {"n_ctx": 4}})
-    preset = yaml.safe_load((PRESETS / "cpu.yaml").read_text())
+    config = load(preset="demo", backbone_config={"coop": {"n_ctx": 4}})
+    preset = yaml.safe_load((PRESETS / "demo.yaml").read_text())
     coop = config["backbone_config"]["coop"]
     assert (
         coop["n_ctx"] == 4 and coop["epochs_by_shots"] == preset["backbone_config"]["coop"]["epochs_by_shots"]
@@ -80,7 +80,7 @@ def test_slices_resolve_per_dataset_and_backbone() -> None:
         ({"backbone_config": {"coop": {"lr": "fast"}}}, "backbone_config.coop.lr"),
         ({"backbone_config": {"clip_lora": {"encoders": "audio"}}}, "backbone_config.clip_lora.encoders"),
         ({"backbone_config": {"zeroshot": {"lr": 1.0}}}, "takes no settings"),
-        ({"preset": "gpu-cluster"}, "unknown preset 'gpu-cluster' (available: cpu)"),
+        ({"preset": "gpu-cluster"}, "unknown preset 'gpu-cluster' (available: demo, paper)"),
         ({"extraction": {"augment": {"demo_digits": {"crop_scale": [0.9, 0.5]}}}}, "crop_scale"),
         ({"extraction": {"augment": {"demo_digits": {"crop_scale": [0.0, 0.5]}}}}, "crop_scale"),
         ({"extraction": {"augment": {"imagenett": {"hflip": True}}}}, "extraction.augment.imagenett"),
@@ -93,3 +93,22 @@ def test_bad_config_is_one_line_naming_the_key(changes: dict, needle: str) -> No
     with pytest.raises(InputError) as err:
         load(**changes)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_paper_preset_needs_only_a_data_root() -> None:
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())
+    with pytest.raises(InputError) as err:
+        load_workflow_config({**shipped, "preset": "paper"}, SCHEMA, PRESETS)
+    assert str(err.value) == (
+        "key 'data_root': not set; preset 'paper' needs the folder that holds the datasets "
+        "(--config data_root=/path/to/data)"
+    )
+
+
+def test_ablations_default_to_the_runs_datasets_and_largest_shot() -> None:
+    variants = {"ablations": {"variants": {"default": {}}}, "backbone_ablations": {"variants": {}}}
+    config = load(datasets=["demo_digits", "demo_fashion"], **variants)
+    assert config["ablations"]["datasets"] == ["demo_digits", "demo_fashion"]
+    assert config["ablations"]["shots"] == [4] and config["backbone_ablations"]["shots"] == [4]
+    demo = load(preset="demo", datasets=["demo_fashion"], **variants)
+    assert demo["ablations"]["datasets"] == ["demo_fashion"] and demo["ablations"]["shots"] == [16]

@@ -1,8 +1,8 @@
 """Training recipes of the stage-1 backbones: one frozen dataclass per backbone, no torch.
 
 The defaults are each method's published ViT-B/16 recipe (docs/backbones.md gives the sources); a
-config section ``backbone_config.<name>`` overrides any field, and ``preset: cpu``
-(``workflow/presets/cpu.yaml``) shrinks the schedules for the CPU demo.
+config section ``backbone_config.<name>`` overrides any field, and ``preset: demo``
+(``workflow/presets/demo.yaml``) shrinks the schedules for the CPU demo.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ Runtime knobs (device, inference batch size, workers) live in ``RuntimeConfig`` 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import types
@@ -94,6 +95,13 @@ def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
         raise InputError(f"config key '{key}': unknown value {value!r} (choose from {', '.join(choices)})")
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """``typing.get_type_hints`` of a config dataclass, once per class (planning a large grid builds
+    thousands of configs, and resolving the annotations is most of the cost)."""
+    return typing.get_type_hints(cls)
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     """Build the frozen dataclass ``cls`` from a mapping, naming any unknown or mistyped key.
 
@@ -102,7 +110,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
             value of the wrong type (the message names the key).
     """
     data = dict(data or {})
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(names))
     if unknown:

@@ -177,7 +177,7 @@ def load_workflow_config(config: Mapping[str, Any], schema_path: Path, presets_d
             without exactly one ``{}``, more shots than a dataset's smallest class has, ...).
     """
     try:
-        return _load(config, schema_path, presets_dir)
+        return _load(copy.deepcopy(dict(config)), schema_path, presets_dir)  # never the caller's dicts
     except InputError as err:
         # The dataclasses say "config key 'k': ..."; the workflow's convention is "key 'k': ...".
         message = str(err)
@@ -190,7 +190,19 @@ def load_workflow_config(config: Mapping[str, Any], schema_path: Path, presets_d
 def _load(config: Mapping[str, Any], schema_path: Path, presets_dir: Path) -> dict[str, Any]:
     schema = yaml.safe_load(Path(schema_path).read_text())
     config = apply_preset(config, Path(presets_dir))
+    if "data_root" not in config:
+        preset = f"preset '{config['preset']}' " if config.get("preset") else ""
+        raise InputError(
+            f"key 'data_root': not set; {preset}needs the folder that holds the datasets "
+            "(--config data_root=/path/to/data)"
+        )
     _fill_defaults(config, schema)
+    for key in ("ablations", "backbone_ablations"):  # by default the run's datasets, its largest shot
+        if isinstance(config.get(key), dict):
+            if "datasets" not in config[key] and isinstance(config.get("datasets"), list):
+                config[key]["datasets"] = list(config["datasets"])
+            if "shots" not in config[key] and isinstance(config.get("shots"), list) and config["shots"]:
+                config[key]["shots"] = [max(config["shots"], key=lambda s: s if isinstance(s, int) else 0)]
     _check_finite(config, "")
     _schema_errors(config, schema)
     if config["sampler"] not in SAMPLERS:

@@ -24,7 +24,7 @@ rule train_fma_variant:
         runtime=job_minutes("train_fma_variant"),
     params:
         cfg=lambda w: canonical(variant_fma_slice(w.variant)),
-        expect=lambda w: canonical(cache_expectation(w.backbone, w.dataset)),
+        expect=lambda w: expect_params(w.backbone, w.dataset),
         state=state_args,
         online=online_args,
         version=FMA_VERSION,

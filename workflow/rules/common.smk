@@ -236,6 +236,32 @@ def fit_slice(backbone, dataset, shot):
     return out
 
 
+# Params as canonical JSON, computed once per distinct argument tuple. A paper-sized grid has
+# thousands of jobs sharing a few hundred slices, and Snakemake evaluates params more than once per
+# job (its conda check does too).
+_PARAMS = {}
+
+
+def memo_params(kind, make, *args):
+    """canonical(make(*args)), computed once per (kind, args)."""
+    key = (kind, *args)
+    if key not in _PARAMS:
+        _PARAMS[key] = canonical(make(*args))
+    return _PARAMS[key]
+
+
+def fit_params(backbone, dataset, shot):
+    return memo_params("fit", fit_slice, backbone, dataset, shot)
+
+
+def extract_params(backbone, dataset):
+    return memo_params("extract", extract_slice, backbone, dataset)
+
+
+def expect_params(backbone, dataset):
+    return memo_params("expect", cache_expectation, backbone, dataset)
+
+
 # ---------------------------------------------------------------- rule inputs
 
 

@@ -59,7 +59,7 @@ rule extract_fewshot:
         io_workers=IO_WORKERS,
         runtime=job_minutes("extract_fewshot"),
     params:
-        cfg=lambda w: canonical(extract_slice(w.backbone, w.dataset)),
+        cfg=lambda w: extract_params(w.backbone, w.dataset),
         sources=extract_args,
         data_root=DATA_ROOT,
         version=EXTRACTION_VERSION,
@@ -88,7 +88,7 @@ rule extract_run:
         io_workers=IO_WORKERS,
         runtime=job_minutes("extract_run"),
     params:
-        cfg=lambda w: canonical(extract_slice(w.backbone, w.dataset)),
+        cfg=lambda w: extract_params(w.backbone, w.dataset),
         sources=extract_args,
         data_root=DATA_ROOT,
         version=EXTRACTION_VERSION,

@@ -22,7 +22,7 @@ rule fit_backbone:
         io_workers=IO_WORKERS,
         runtime=job_minutes("fit_backbone"),
     params:
-        cfg=lambda w: canonical(fit_slice(w.backbone, w.dataset, w.shot)),
+        cfg=lambda w: fit_params(w.backbone, w.dataset, w.shot),
         source=fit_args,
         version=FIT_VERSION,
     shell:

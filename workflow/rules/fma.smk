@@ -18,7 +18,7 @@ rule train_fma:
         runtime=job_minutes("train_fma"),
     params:
         cfg=canonical(config["fma"]),
-        expect=lambda w: canonical(cache_expectation(w.backbone, w.dataset)),
+        expect=lambda w: expect_params(w.backbone, w.dataset),
         state=state_args,
         version=FMA_VERSION,
     shell:

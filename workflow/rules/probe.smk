@@ -16,7 +16,7 @@ rule train_probe:
         runtime=job_minutes("train_probe"),
     params:
         cfg=canonical(config["probe"]),
-        expect=lambda w: canonical(cache_expectation(w.backbone, w.dataset)),
+        expect=lambda w: expect_params(w.backbone, w.dataset),
         version=PROBE_VERSION,
     shell:
         "$PYTHON -m pipeline.run train_probe --fewshot {input.fewshot:q} --test {input.test:q}"

@@ -1,4 +1,4 @@
-"""Registry of datasets by name: folder layout, split file, prompt templates and class-name rewrites."""
+"""Registry of datasets by name: folder layout, how to read it, prompt templates and class-name rewrites."""
 
 from __future__ import annotations
 
@@ -7,6 +7,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from pipeline.core.errors import InputError
+
+# How a dataset's splits are read (``pipeline.data.coop.load_dataset`` dispatches on it):
+#   coop_json: CoOp's split JSON listing [relative path, label, class name] per split.
+READERS = ("coop_json",)
+# Readers of datasets that only have a test split.
+TEST_ONLY_READERS: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -18,11 +24,13 @@ class DatasetInfo:
         folder: the dataset's folder under the data root.
         image_dir: folder, relative to ``folder``, that split-file image paths are relative to
             (``""`` means ``folder`` itself).
-        split_file: CoOp split JSON inside ``folder``.
+        split_file: the file inside ``folder`` that defines the classes and splits (CoOp's split
+            JSON); the workflow checks that it exists and reruns the dataset's jobs when it changes.
         templates: prompt templates, each with one ``{}`` for the class name.
         classname_map: rewrites applied after underscores become spaces (read-only mapping).
         source: for demo datasets, the key ``pipeline.demo.datasets`` builds it from; ``None`` for
             datasets that must be downloaded.
+        reader: how the splits are read, one of ``READERS``.
     """
 
     name: str
@@ -35,6 +43,15 @@ class DatasetInfo:
     # CoOp's augmentation for the real datasets; the demo sets set their own (below).
     crop_scale: tuple[float, float] = (0.08, 1.0)
     hflip: bool = True
+    reader: str = "coop_json"
+
+    def __post_init__(self) -> None:
+        assert self.reader in READERS, f"{self.name}: unknown reader {self.reader!r}"
+
+    @property
+    def test_only(self) -> bool:
+        """Whether the dataset has only a test split (nothing to sample few-shot runs from)."""
+        return self.reader in TEST_ONLY_READERS
 
 
 # CoOp's rewrite of EuroSAT's folder names into phrases CLIP reads well.

@@ -213,7 +213,87 @@ def write_ucf101(root: Path, counts: Counts = Counts()) -> Expected:
     return _json_expected(["Apply Eye Makeup", "Baby Crawling"], counts)
 
 
+# A 4-class ImageNet: (wnid, class name) in sorted wnid order, as CoOp's classnames.txt (CLIP's names).
+IMAGENET_CLASSES = [
+    ("n01440764", "tench"),
+    ("n01443537", "goldfish"),
+    ("n01484850", "great white shark"),
+    ("n01491361", "tiger shark"),
+]
+
+
+def write_classnames(path: Path, classes: list[tuple[str, str]] = IMAGENET_CLASSES) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{wnid} {name}\n" for wnid, name in classes))
+
+
+def write_imagenet(root: Path, counts: Counts = Counts()) -> Expected:
+    """imagenet/classnames.txt, images/train/<wnid>/<wnid>_<n>.JPEG and images/val/<wnid>/*.JPEG
+    (test = the official val set, no val split)."""
+    folder = root / "imagenet"
+    write_classnames(folder / "classnames.txt")
+    seed = 1000
+    for wnid, _ in IMAGENET_CLASSES:
+        for i in range(counts.train):
+            write_image(folder / "images" / "train" / wnid / f"{wnid}_{i}.JPEG", seed)
+            seed += 1
+        for _ in range(counts.test):
+            write_image(folder / "images" / "val" / wnid / f"ILSVRC2012_val_{seed:08d}.JPEG", seed)
+            seed += 1
+    # Hidden files are not images (macOS leaves these behind).
+    (folder / "images" / "train" / IMAGENET_CLASSES[0][0] / ".DS_Store").write_bytes(b"\0")
+    c = len(IMAGENET_CLASSES)
+    return Expected([name for _, name in IMAGENET_CLASSES], counts.train * c, 0, counts.test * c)
+
+
+def _write_variant(folder: Path, image_dir: str, class_folders: list[str], counts: Counts, seed: int) -> None:
+    """A test-only variant: classnames.txt (CoOp's layout: a copy of ImageNet's) and images."""
+    write_classnames(folder / "classnames.txt")
+    for name in class_folders:
+        for _ in range(counts.test):
+            write_image(folder / image_dir / name / f"{seed}.jpeg", seed)
+            seed += 1
+
+
+def write_imagenet_v2(root: Path, counts: Counts = Counts()) -> Expected:
+    """imagenetv2/imagenetv2-matched-frequency-format-val/<label 0..C-1>/*.jpeg."""
+    c = len(IMAGENET_CLASSES)
+    folder = root / "imagenetv2"
+    _write_variant(
+        folder, "imagenetv2-matched-frequency-format-val", [str(i) for i in range(c)], counts, 2000
+    )
+    return Expected([name for _, name in IMAGENET_CLASSES], 0, 0, counts.test * c, tuple(range(c)))
+
+
+def write_imagenet_sketch(root: Path, counts: Counts = Counts()) -> Expected:
+    """imagenet-sketch/images/<wnid>/*: every ImageNet class."""
+    c = len(IMAGENET_CLASSES)
+    _write_variant(root / "imagenet-sketch", "images", [w for w, _ in IMAGENET_CLASSES], counts, 3000)
+    return Expected([name for _, name in IMAGENET_CLASSES], 0, 0, counts.test * c, tuple(range(c)))
+
+
+def _write_subset_variant(
+    root: Path, folder: str, image_dir: str, parent: tuple[int, ...], counts: Counts, seed: int
+) -> Expected:
+    """A variant holding a subset of ImageNet's classes (``parent``: their ImageNet labels)."""
+    _write_variant(root / folder, image_dir, [IMAGENET_CLASSES[i][0] for i in parent], counts, seed)
+    (root / folder / image_dir / "README.txt").write_text("not a class\n")  # as ImageNet-A ships
+    names = [IMAGENET_CLASSES[i][1] for i in parent]
+    return Expected(names, 0, 0, counts.test * len(parent), parent)
+
+
+def write_imagenet_a(root: Path, counts: Counts = Counts()) -> Expected:
+    """imagenet-adversarial/imagenet-a/<wnid>/*: a subset of the classes (200 of 1000 in the real one)."""
+    return _write_subset_variant(root, "imagenet-adversarial", "imagenet-a", (1, 3), counts, 4000)
+
+
+def write_imagenet_r(root: Path, counts: Counts = Counts()) -> Expected:
+    """imagenet-rendition/imagenet-r/<wnid>/*: a subset of the classes (200 of 1000 in the real one)."""
+    return _write_subset_variant(root, "imagenet-rendition", "imagenet-r", (0, 2, 3), counts, 5000)
+
+
 WRITERS: dict[str, Callable[[Path, Counts], Expected]] = {
+    "imagenet": write_imagenet,
     "caltech101": write_caltech101,
     "oxford_pets": write_oxford_pets,
     "stanford_cars": write_stanford_cars,
@@ -223,6 +303,10 @@ WRITERS: dict[str, Callable[[Path, Counts], Expected]] = {
     "dtd": write_dtd,
     "eurosat": write_eurosat,
     "ucf101": write_ucf101,
+    "imagenet_v2": write_imagenet_v2,
+    "imagenet_sketch": write_imagenet_sketch,
+    "imagenet_a": write_imagenet_a,
+    "imagenet_r": write_imagenet_r,
 }
 
 

@@ -7,9 +7,18 @@ import dataclasses
 import pytest
 
 from pipeline.core.errors import InputError
-from pipeline.data.catalog import get_dataset_info, list_datasets, list_demo_datasets
+from pipeline.data import coop
+from pipeline.data.catalog import (
+    READERS,
+    TEST_ONLY_READERS,
+    get_dataset_info,
+    list_datasets,
+    list_demo_datasets,
+)
 
+# The 11 datasets of CoOp's few-shot benchmark and ImageNet's four test-only variants.
 COOP_DATASETS = (
+    "imagenet",
     "caltech101",
     "oxford_pets",
     "stanford_cars",
@@ -20,25 +29,43 @@ COOP_DATASETS = (
     "eurosat",
     "ucf101",
 )
+IMAGENET_VARIANTS = ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 
 
 def test_registry_holds_the_coop_and_demo_datasets():
     names = list_datasets()
     assert names == sorted(names)
-    assert set(names) == set(COOP_DATASETS) | {"demo_digits", "demo_fashion"}
+    assert set(names) == set(COOP_DATASETS) | set(IMAGENET_VARIANTS) | {"demo_digits", "demo_fashion"}
     assert list_demo_datasets() == ["demo_digits", "demo_fashion"]
-    for name in COOP_DATASETS:
+    for name in COOP_DATASETS + IMAGENET_VARIANTS:
         assert get_dataset_info(name).source is None
+    assert [name for name in names if get_dataset_info(name).test_only] == sorted(IMAGENET_VARIANTS)
+
+
+def test_every_reader_kind_has_a_reader():
+    assert set(coop._READERS) == set(READERS)
+    assert set(TEST_ONLY_READERS) <= set(READERS)
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(InputError, match="unknown dataset 'imagenet'.*caltech101.*ucf101"):
-        get_dataset_info("imagenet")
+    with pytest.raises(InputError, match="unknown dataset 'imagenet1k'.*caltech101.*ucf101"):
+        get_dataset_info("imagenet1k")
 
 
 @pytest.mark.parametrize(
     ("name", "folder", "image_dir", "split_file", "template"),
     [
+        ("imagenet", "imagenet", "images", "classnames.txt", "a photo of a {}."),
+        (
+            "imagenet_v2",
+            "imagenetv2",
+            "imagenetv2-matched-frequency-format-val",
+            "classnames.txt",
+            "a photo of a {}.",
+        ),
+        ("imagenet_sketch", "imagenet-sketch", "images", "classnames.txt", "a photo of a {}."),
+        ("imagenet_a", "imagenet-adversarial", "imagenet-a", "classnames.txt", "a photo of a {}."),
+        ("imagenet_r", "imagenet-rendition", "imagenet-r", "classnames.txt", "a photo of a {}."),
         (
             "caltech101",
             "caltech-101",

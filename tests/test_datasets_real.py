@@ -3,10 +3,20 @@ the one-line errors of its reader."""
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 
 import pytest
-from fixtures_datasets import WRITERS, Counts, make_root
+from fixtures_datasets import (
+    IMAGENET_CLASSES,
+    WRITERS,
+    Counts,
+    make_root,
+    write_image,
+    write_imagenet,
+    write_imagenet_a,
+    write_imagenet_v2,
+)
 
 from pipeline.core.errors import InputError
 from pipeline.data.catalog import get_dataset_info
@@ -79,3 +89,124 @@ def test_split_naming_a_missing_image(tmp_path, name):
     with pytest.raises(InputError, match=r"^split file .* names a missing image") as err:
         check_images(splits, splits.test)
     assert str(err.value).endswith(str(gone))
+
+
+# ---------------------------------------------------------------------------------- ImageNet family
+
+
+def test_imagenet_labels_follow_classnames_and_test_is_the_official_val(tmp_path):
+    write_imagenet(tmp_path, Counts(train=3, val=0, test=2))
+    splits = load_dataset("imagenet", tmp_path)
+    assert splits.image_root == tmp_path / "imagenet" / "images"
+    assert splits.split_path == tmp_path / "imagenet" / "classnames.txt"
+    assert splits.val == []
+    assert [(i.path, i.label, i.classname) for i in splits.train[:4]] == [
+        ("train/n01440764/n01440764_0.JPEG", 0, "tench"),
+        ("train/n01440764/n01440764_1.JPEG", 0, "tench"),
+        ("train/n01440764/n01440764_2.JPEG", 0, "tench"),
+        ("train/n01443537/n01443537_0.JPEG", 1, "goldfish"),
+    ]
+    assert all(i.path.startswith(f"val/{IMAGENET_CLASSES[i.label][0]}/") for i in splits.test)
+    assert splits.test[-1].classname == "tiger shark"
+    assert not get_dataset_info("imagenet").test_only
+
+
+def test_images_within_a_class_are_sorted_by_name(tmp_path):
+    write_imagenet(tmp_path, Counts(train=1, val=0, test=1))
+    wnid_dir = tmp_path / "imagenet" / "images" / "train" / "n01440764"
+    for name in ("z.JPEG", "b.JPEG", "m.JPEG"):  # created out of order
+        write_image(wnid_dir / name, 0)
+    paths = [i.path for i in load_dataset("imagenet", tmp_path).train if i.label == 0]
+    assert paths == [f"train/n01440764/{n}" for n in ("b.JPEG", "m.JPEG", "n01440764_0.JPEG", "z.JPEG")]
+
+
+@pytest.mark.parametrize(
+    ("name", "first"),
+    [
+        ("imagenet_v2", ("0/2000.jpeg", 0, "tench")),
+        ("imagenet_sketch", ("n01440764/3000.jpeg", 0, "tench")),
+        ("imagenet_a", ("n01443537/4000.jpeg", 0, "goldfish")),  # ImageNet's class 1 is label 0
+        ("imagenet_r", ("n01440764/5000.jpeg", 0, "tench")),
+    ],
+)
+def test_imagenet_variants_are_test_only_with_imagenet_names(tmp_path, name, first):
+    expected = WRITERS[name](tmp_path, Counts(train=0, val=0, test=2))
+    splits = load_dataset(name, tmp_path)
+    assert get_dataset_info(name).test_only
+    assert splits.train == [] and splits.val == []
+    assert (splits.test[0].path, splits.test[0].label, splits.test[0].classname) == first
+    # The label of each class in ImageNet: an ImageNet model's class parent_labels[c] is class c here.
+    assert splits.parent_labels == expected.parent_labels
+    assert splits.classnames == [IMAGENET_CLASSES[p][1] for p in splits.parent_labels]
+
+
+def _edit_lines(path, edit) -> None:
+    lines = path.read_text().splitlines()
+    edit(lines)
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        # A class folder that classnames.txt does not list.
+        (lambda lines: lines.pop(2), r"classnames.txt does not list n01484850, a class folder in .*/train$"),
+        # A listed class without a folder.
+        (
+            lambda lines: lines.insert(1, "n01441000 made-up fish"),
+            r"classnames.txt: n01441000 \(class 1\) has no folder in .*/train$",
+        ),
+        (lambda lines: lines.insert(4, ""), None),  # blank lines are skipped
+        (
+            lambda lines: lines.__setitem__(1, "n01443537"),
+            r"classnames.txt:2: expected '<wnid> <class name>'",
+        ),
+        (lambda lines: lines.insert(2, lines[1]), r"classnames.txt:3: n01443537 is listed twice"),
+        (
+            lambda lines: lines.insert(0, lines.pop(2)),
+            r"classnames.txt:2: n01440764 is out of sorted order \(after n01484850\)",
+        ),
+    ],
+)
+def test_imagenet_classnames_must_match_the_class_folders(tmp_path, edit, message):
+    write_imagenet(tmp_path, Counts(train=1, val=0, test=1))
+    path = tmp_path / "imagenet" / "classnames.txt"
+    _edit_lines(path, edit)
+    if message is None:
+        assert load_dataset("imagenet", tmp_path).num_classes == 4
+        return
+    with pytest.raises(InputError, match=message) as err:
+        load_dataset("imagenet", tmp_path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_imagenet_val_folders_must_match_too(tmp_path):
+    write_imagenet(tmp_path, Counts(train=1, val=0, test=1))
+    val = tmp_path / "imagenet" / "images" / "val"
+    shutil.rmtree(val / "n01491361")
+    with pytest.raises(InputError, match=rf"n01491361 \(class 3\) has no folder in {val}$"):
+        load_dataset("imagenet", tmp_path)
+    shutil.rmtree(val)
+    with pytest.raises(InputError, match=f"^image folder {val} does not exist$"):
+        load_dataset("imagenet", tmp_path)
+
+
+def test_imagenet_variant_folders_must_be_classes(tmp_path):
+    write_imagenet_a(tmp_path)
+    folder = tmp_path / "imagenet-adversarial"
+    (folder / "imagenet-a" / "n09999999").mkdir()
+    with pytest.raises(InputError, match=r"classnames.txt does not list n09999999, a class folder in"):
+        load_dataset("imagenet_a", tmp_path)
+
+    write_imagenet_v2(tmp_path)
+    images = tmp_path / "imagenetv2" / "imagenetv2-matched-frequency-format-val"
+    (images / "4").mkdir()
+    with pytest.raises(InputError, match=r"lists 4 classes, but .* has a folder 4$"):
+        load_dataset("imagenet_v2", tmp_path)
+    shutil.rmtree(images / "4")
+    shutil.rmtree(images / "2")
+    with pytest.raises(InputError, match=r"classnames.txt: class 2 \(n01484850\) has no folder .*/2$"):
+        load_dataset("imagenet_v2", tmp_path)
+    (tmp_path / "imagenetv2" / "classnames.txt").unlink()
+    with pytest.raises(InputError, match=r"^split file .*imagenetv2/classnames.txt does not exist$"):
+        load_dataset("imagenet_v2", tmp_path)

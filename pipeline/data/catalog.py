@@ -9,10 +9,13 @@ from types import MappingProxyType
 from pipeline.core.errors import InputError
 
 # How a dataset's splits are read (``pipeline.data.coop.load_dataset`` dispatches on it):
-#   coop_json: CoOp's split JSON listing [relative path, label, class name] per split.
-READERS = ("coop_json",)
-# Readers of datasets that only have a test split.
-TEST_ONLY_READERS: tuple[str, ...] = ()
+#   coop_json: CoOp's split JSON listing [relative path, label, class name] per split;
+#   imagenet: classnames.txt and images/{train,val}/<wnid>/ (test = the official val set);
+#   wnid_folders: test only, classnames.txt and <image_dir>/<wnid>/ (ImageNet-Sketch, -A, -R);
+#   index_folders: test only, classnames.txt and <image_dir>/<label>/ (ImageNet-V2).
+READERS = ("coop_json", "imagenet", "wnid_folders", "index_folders")
+# Readers of datasets that only have a test split: evaluation targets, never few-shot runs.
+TEST_ONLY_READERS = ("wnid_folders", "index_folders")
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,9 @@ EUROSAT_CLASSNAMES = {
     "SeaLake": "Sea or Lake",
 }
 
-# ImageNet (classnames.txt + image folders) and FGVCAircraft (txt splits) need their own readers.
 _DATASETS = (
+    # ImageNet: no split file, its classes are classnames.txt and its images are listed.
+    DatasetInfo("imagenet", "imagenet", "images", "classnames.txt", ("a photo of a {}.",), reader="imagenet"),
     DatasetInfo(
         "caltech101",
         "caltech-101",
@@ -111,6 +115,40 @@ _DATASETS = (
         "UCF-101-midframes",
         "split_zhou_UCF101.json",
         ("a photo of a person doing {}.",),
+    ),
+    # ImageNet's test-only variants (domain generalization), each with a copy of ImageNet's
+    # classnames.txt beside its images (CoOp's DATASETS.md); CoOp prompts them like ImageNet.
+    DatasetInfo(
+        "imagenet_v2",
+        "imagenetv2",
+        "imagenetv2-matched-frequency-format-val",
+        "classnames.txt",
+        ("a photo of a {}.",),
+        reader="index_folders",
+    ),
+    DatasetInfo(
+        "imagenet_sketch",
+        "imagenet-sketch",
+        "images",
+        "classnames.txt",
+        ("a photo of a {}.",),
+        reader="wnid_folders",
+    ),
+    DatasetInfo(
+        "imagenet_a",
+        "imagenet-adversarial",
+        "imagenet-a",
+        "classnames.txt",
+        ("a photo of a {}.",),
+        reader="wnid_folders",
+    ),
+    DatasetInfo(
+        "imagenet_r",
+        "imagenet-rendition",
+        "imagenet-r",
+        "classnames.txt",
+        ("a photo of a {}.",),
+        reader="wnid_folders",
     ),
     # Demo datasets: real images shipped with installed packages, built by pipeline.build_demo.
     DatasetInfo(

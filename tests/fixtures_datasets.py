@@ -75,7 +75,7 @@ def _write_coop_json(
     (folder / split_file).write_text(json.dumps(split))
 
 
-def _json_expected(classnames: list[str], counts: Counts) -> Expected:
+def _expected(classnames: list[str], counts: Counts) -> Expected:
     c = len(classnames)
     return Expected(classnames, counts.train * c, counts.val * c, counts.test * c)
 
@@ -93,7 +93,7 @@ def write_caltech101(root: Path, counts: Counts = Counts()) -> Expected:
     )
     # Folders CoOp leaves out of the splits: present on disk, never read.
     write_image(root / "caltech-101" / "101_ObjectCategories" / "BACKGROUND_Google" / "image_0001.jpg", 99)
-    return _json_expected(["accordion", "airplane", "face"], counts)
+    return _expected(["accordion", "airplane", "face"], counts)
 
 
 def write_oxford_pets(root: Path, counts: Counts = Counts()) -> Expected:
@@ -107,7 +107,7 @@ def write_oxford_pets(root: Path, counts: Counts = Counts()) -> Expected:
         lambda k, s, i: f"{k}_{s}{i}.jpg",
         counts,
     )
-    return _json_expected(["abyssinian", "american bulldog"], counts)
+    return _expected(["abyssinian", "american bulldog"], counts)
 
 
 def write_stanford_cars(root: Path, counts: Counts = Counts()) -> Expected:
@@ -123,7 +123,7 @@ def write_stanford_cars(root: Path, counts: Counts = Counts()) -> Expected:
         lambda k, s, i: f"cars_{'test' if s == 'test' else 'train'}/{s}{k}{i:04d}.jpg",
         counts,
     )
-    return _json_expected(names, counts)
+    return _expected(names, counts)
 
 
 def write_flowers102(root: Path, counts: Counts = Counts()) -> Expected:
@@ -140,7 +140,7 @@ def write_flowers102(root: Path, counts: Counts = Counts()) -> Expected:
         counts,
     )
     (folder / "cat_to_name.json").write_text(json.dumps({k: name for k, name in classes}))
-    return _json_expected(names, counts)
+    return _expected(names, counts)
 
 
 def write_food101(root: Path, counts: Counts = Counts()) -> Expected:
@@ -154,7 +154,7 @@ def write_food101(root: Path, counts: Counts = Counts()) -> Expected:
         lambda k, s, i: f"{k}/{s}{i}.jpg",
         counts,
     )
-    return _json_expected(["apple pie", "baby back ribs"], counts)
+    return _expected(["apple pie", "baby back ribs"], counts)
 
 
 def write_sun397(root: Path, counts: Counts = Counts()) -> Expected:
@@ -168,7 +168,7 @@ def write_sun397(root: Path, counts: Counts = Counts()) -> Expected:
         lambda k, s, i: f"{k}/sun_{s}{i}.jpg",
         counts,
     )
-    return _json_expected(["abbey", "shop bakery", "airplane cabin"], counts)
+    return _expected(["abbey", "shop bakery", "airplane cabin"], counts)
 
 
 def write_dtd(root: Path, counts: Counts = Counts()) -> Expected:
@@ -182,7 +182,7 @@ def write_dtd(root: Path, counts: Counts = Counts()) -> Expected:
         lambda k, s, i: f"{k}/{k}_{s}{i:04d}.jpg",
         counts,
     )
-    return _json_expected(["banded", "zigzagged"], counts)
+    return _expected(["banded", "zigzagged"], counts)
 
 
 def write_eurosat(root: Path, counts: Counts = Counts()) -> Expected:
@@ -196,7 +196,7 @@ def write_eurosat(root: Path, counts: Counts = Counts()) -> Expected:
         lambda k, s, i: f"{k}/{k}_{s}{i}.jpg",
         counts,
     )
-    return _json_expected(["Annual Crop Land", "Sea or Lake", "Forest"], counts)
+    return _expected(["Annual Crop Land", "Sea or Lake", "Forest"], counts)
 
 
 def write_ucf101(root: Path, counts: Counts = Counts()) -> Expected:
@@ -210,7 +210,28 @@ def write_ucf101(root: Path, counts: Counts = Counts()) -> Expected:
         lambda k, s, i: f"{k}/v_{k.replace('_', '')}_{s}_g{i:02d}_c01.jpg",
         counts,
     )
-    return _json_expected(["Apply Eye Makeup", "Baby Crawling"], counts)
+    return _expected(["Apply Eye Makeup", "Baby Crawling"], counts)
+
+
+FGVC_VARIANTS = ["707-320", "Cessna 172", "F/A-18"]
+
+
+def write_fgvc_aircraft(root: Path, counts: Counts = Counts()) -> Expected:
+    """fgvc_aircraft/variants.txt, images_variant_{train,val,test}.txt ("<image id> <variant>" per
+    line) and images/<image id>.jpg."""
+    folder = root / "fgvc_aircraft"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "variants.txt").write_text("".join(f"{name}\n" for name in FGVC_VARIANTS))
+    image_id = 1000000
+    for key, n in (("train", counts.train), ("val", counts.val), ("test", counts.test)):
+        lines = []
+        for name in FGVC_VARIANTS:
+            for _ in range(n):
+                write_image(folder / "images" / f"{image_id}.jpg", image_id)
+                lines.append(f"{image_id} {name}\n")
+                image_id += 1
+        (folder / f"images_variant_{key}.txt").write_text("".join(lines))
+    return _expected(list(FGVC_VARIANTS), counts)
 
 
 # A 4-class ImageNet: (wnid, class name) in sorted wnid order, as CoOp's classnames.txt (CLIP's names).
@@ -299,6 +320,7 @@ WRITERS: dict[str, Callable[[Path, Counts], Expected]] = {
     "stanford_cars": write_stanford_cars,
     "flowers102": write_flowers102,
     "food101": write_food101,
+    "fgvc_aircraft": write_fgvc_aircraft,
     "sun397": write_sun397,
     "dtd": write_dtd,
     "eurosat": write_eurosat,

@@ -12,6 +12,7 @@ from fixtures_datasets import (
     WRITERS,
     Counts,
     make_root,
+    write_fgvc_aircraft,
     write_image,
     write_imagenet,
     write_imagenet_a,
@@ -88,7 +89,8 @@ def test_split_naming_a_missing_image(tmp_path, name):
     check_images(splits, splits.train + splits.val)
     with pytest.raises(InputError, match=r"^split file .* names a missing image") as err:
         check_images(splits, splits.test)
-    assert str(err.value).endswith(str(gone))
+    listing = splits.split_files.get("test", splits.split_path)  # FGVCAircraft: images_variant_test.txt
+    assert str(err.value) == f"split file {listing} names a missing image {gone}"
 
 
 # ---------------------------------------------------------------------------------- ImageNet family
@@ -210,3 +212,54 @@ def test_imagenet_variant_folders_must_be_classes(tmp_path):
     (tmp_path / "imagenetv2" / "classnames.txt").unlink()
     with pytest.raises(InputError, match=r"^split file .*imagenetv2/classnames.txt does not exist$"):
         load_dataset("imagenet_v2", tmp_path)
+
+
+# ---------------------------------------------------------------------------------- FGVCAircraft
+
+
+def test_fgvc_labels_follow_variants_txt(tmp_path):
+    write_fgvc_aircraft(tmp_path, Counts(train=2, val=1, test=1))
+    splits = load_dataset("fgvc_aircraft", tmp_path)
+    folder = tmp_path / "fgvc_aircraft"
+    assert splits.classnames == ["707-320", "Cessna 172", "F/A-18"]
+    assert [(i.path, i.label, i.classname) for i in splits.train[2:4]] == [
+        ("1000002.jpg", 1, "Cessna 172"),
+        ("1000003.jpg", 1, "Cessna 172"),
+    ]
+    assert resolve_image(splits, splits.test[0]) == folder / "images" / "1000009.jpg"
+    assert splits.split_files["val"] == folder / "images_variant_val.txt"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("1000099", r"images_variant_val.txt:2: expected '<image id> <variant name>', got '1000099'"),
+        ("1000099 747-400", r"images_variant_val.txt:2: variant '747-400' is not in .*variants.txt$"),
+        ("../../etc/x 707-320", r"images_variant_val.txt:2: expected '<image id> <variant name>'"),
+    ],
+)
+def test_fgvc_bad_line_names_file_and_line(tmp_path, line, message):
+    write_fgvc_aircraft(tmp_path, Counts(train=1, val=1, test=1))
+    path = tmp_path / "fgvc_aircraft" / "images_variant_val.txt"
+    _edit_lines(path, lambda lines: lines.insert(1, line))
+    with pytest.raises(InputError, match=message) as err:
+        load_dataset("fgvc_aircraft", tmp_path)
+    assert str(err.value).startswith(f"{path}:2: ") and "\n" not in str(err.value)
+
+
+def test_fgvc_variants_and_split_files(tmp_path):
+    write_fgvc_aircraft(tmp_path, Counts(train=1, val=1, test=1))
+    folder = tmp_path / "fgvc_aircraft"
+    _edit_lines(folder / "variants.txt", lambda lines: lines.append("707-320"))
+    with pytest.raises(
+        InputError, match=r"variants.txt:4: variant '707-320' is listed twice \(first at line 1\)"
+    ):
+        load_dataset("fgvc_aircraft", tmp_path)
+    _edit_lines(folder / "variants.txt", lambda lines: lines.pop())
+    (folder / "images_variant_test.txt").unlink()
+    with pytest.raises(InputError, match=f"^split file {folder / 'images_variant_test.txt'} does not exist$"):
+        load_dataset("fgvc_aircraft", tmp_path)
+    (folder / "images_variant_test.txt").write_text("")
+    (folder / "images_variant_train.txt").write_text("\n")
+    with pytest.raises(InputError, match="images_variant_train.txt: the train split is empty$"):
+        load_dataset("fgvc_aircraft", tmp_path)

@@ -11,9 +11,10 @@ from pipeline.core.errors import InputError
 # How a dataset's splits are read (``pipeline.data.coop.load_dataset`` dispatches on it):
 #   coop_json: CoOp's split JSON listing [relative path, label, class name] per split;
 #   imagenet: classnames.txt and images/{train,val}/<wnid>/ (test = the official val set);
+#   fgvc_text: FGVCAircraft's variants.txt and images_variant_{train,val,test}.txt;
 #   wnid_folders: test only, classnames.txt and <image_dir>/<wnid>/ (ImageNet-Sketch, -A, -R);
 #   index_folders: test only, classnames.txt and <image_dir>/<label>/ (ImageNet-V2).
-READERS = ("coop_json", "imagenet", "wnid_folders", "index_folders")
+READERS = ("coop_json", "imagenet", "fgvc_text", "wnid_folders", "index_folders")
 # Readers of datasets that only have a test split: evaluation targets, never few-shot runs.
 TEST_ONLY_READERS = ("wnid_folders", "index_folders")
 
@@ -98,6 +99,14 @@ _DATASETS = (
     ),
     DatasetInfo(
         "food101", "food-101", "images", "split_zhou_Food101.json", ("a photo of {}, a type of food.",)
+    ),
+    DatasetInfo(
+        "fgvc_aircraft",
+        "fgvc_aircraft",
+        "images",
+        "variants.txt",  # and images_variant_{train,val,test}.txt beside it
+        ("a photo of a {}, a type of aircraft.",),
+        reader="fgvc_text",
     ),
     DatasetInfo("sun397", "sun397", "SUN397", "split_zhou_SUN397.json", ("a photo of a {}.",)),
     DatasetInfo("dtd", "dtd", "images", "split_zhou_DescribableTextures.json", ("{} texture.",)),

@@ -14,6 +14,7 @@ from typing import Any
 
 from pipeline.core.errors import InputError
 from pipeline.data.catalog import DatasetInfo, get_dataset_info
+from pipeline.data.fgvc import read_fgvc
 from pipeline.data.imagenet import read_imagenet, read_index_folders, read_wnid_folders
 
 # The types every reader returns, imported from here by the rest of the pipeline.
@@ -142,6 +143,7 @@ def read_coop_json(info: DatasetInfo, folder: Path) -> DatasetSplits:
 _READERS: dict[str, Callable[[DatasetInfo, Path], DatasetSplits]] = {
     "coop_json": read_coop_json,
     "imagenet": read_imagenet,
+    "fgvc_text": read_fgvc,
     "wnid_folders": read_wnid_folders,
     "index_folders": read_index_folders,
 }

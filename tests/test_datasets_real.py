@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from fixtures_datasets import (
@@ -20,10 +21,15 @@ from fixtures_datasets import (
 )
 
 from pipeline.core.errors import InputError
-from pipeline.data.catalog import get_dataset_info
+from pipeline.core.workflow_config import load_workflow_config
+from pipeline.data.catalog import get_dataset_info, list_datasets
 from pipeline.data.coop import check_images, load_dataset, resolve_image
 from pipeline.data.images import load_image
+from pipeline.data.sizes import PAPER_DATASETS, SIZES, smallest_train_class
 
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+PRESETS = REPO / "workflow" / "presets"
 COUNTS = Counts(train=5, val=2, test=3)
 
 
@@ -263,3 +269,51 @@ def test_fgvc_variants_and_split_files(tmp_path):
     (folder / "images_variant_train.txt").write_text("\n")
     with pytest.raises(InputError, match="images_variant_train.txt: the train split is empty$"):
         load_dataset("fgvc_aircraft", tmp_path)
+
+
+# ---------------------------------------------------------------------------------- sizes and config
+
+
+def test_sizes_know_every_registered_real_dataset():
+    real = [name for name in list_datasets() if get_dataset_info(name).source is None]
+    assert set(SIZES) >= set(real)
+    for name in real:
+        if name in WRITERS:
+            assert get_dataset_info(name).test_only == (name not in PAPER_DATASETS)
+
+
+@pytest.mark.parametrize("name", ["imagenet", "fgvc_aircraft", "dtd"])
+def test_smallest_train_class_is_counted_and_capped(tmp_path, name):
+    WRITERS[name](tmp_path, Counts(train=3, val=1, test=1))
+    assert smallest_train_class(name, tmp_path) == 3
+    assert smallest_train_class(name, tmp_path, cap=16) == 3  # exact below the cap
+    assert smallest_train_class(name, tmp_path, cap=2) == 2  # "at least 2"
+    assert smallest_train_class(name, tmp_path / "elsewhere") is None  # not there yet: not checked
+
+
+def test_a_variant_missing_from_train_is_a_class_with_no_train_images(tmp_path):
+    write_fgvc_aircraft(tmp_path, Counts(train=2, val=1, test=1))
+    _edit_lines(tmp_path / "fgvc_aircraft" / "variants.txt", lambda lines: lines.append("747-400"))
+    assert smallest_train_class("fgvc_aircraft", tmp_path) == 0
+
+
+def test_config_refuses_few_shot_runs_on_test_only_datasets_and_counts_imagenet(tmp_path):
+    root = make_root(tmp_path, ["imagenet", "imagenet_a"], Counts(train=3, val=0, test=1))
+    config = {
+        "results": str(tmp_path / "results"),
+        "data_root": str(root),
+        "datasets": ["imagenet", "imagenet_a"],
+        "shots": [1, 2],
+        "seeds": [1],
+        "backbones": ["zeroshot"],
+        "encoder": {"model": "demo-vit-t-28", "pretrained": None},
+    }
+    with pytest.raises(InputError, match=r"^key 'datasets': 'imagenet_a' is test-only \(no train split"):
+        load_workflow_config(config, SCHEMA, PRESETS)
+    config["datasets"] = ["imagenet"]
+    assert load_workflow_config(config, SCHEMA, PRESETS)["datasets"] == ["imagenet"]
+    config["shots"] = [1, 4]
+    with pytest.raises(
+        InputError, match="key 'shots': 4 shots, but the smallest class of imagenet has 3 train"
+    ):
+        load_workflow_config(config, SCHEMA, PRESETS)

@@ -7,38 +7,66 @@ import dataclasses
 import pytest
 
 from pipeline.core.errors import InputError
-from pipeline.data.catalog import get_dataset_info, list_datasets, list_demo_datasets
+from pipeline.data import coop
+from pipeline.data.catalog import (
+    READERS,
+    TEST_ONLY_READERS,
+    get_dataset_info,
+    list_datasets,
+    list_demo_datasets,
+)
 
+# The 11 datasets of CoOp's few-shot benchmark and ImageNet's four test-only variants.
 COOP_DATASETS = (
+    "imagenet",
     "caltech101",
     "oxford_pets",
     "stanford_cars",
     "flowers102",
     "food101",
+    "fgvc_aircraft",
     "sun397",
     "dtd",
     "eurosat",
     "ucf101",
 )
+IMAGENET_VARIANTS = ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 
 
 def test_registry_holds_the_coop_and_demo_datasets():
     names = list_datasets()
     assert names == sorted(names)
-    assert set(names) == set(COOP_DATASETS) | {"demo_digits", "demo_fashion"}
+    assert set(names) == set(COOP_DATASETS) | set(IMAGENET_VARIANTS) | {"demo_digits", "demo_fashion"}
     assert list_demo_datasets() == ["demo_digits", "demo_fashion"]
-    for name in COOP_DATASETS:
+    for name in COOP_DATASETS + IMAGENET_VARIANTS:
         assert get_dataset_info(name).source is None
+    assert [name for name in names if get_dataset_info(name).test_only] == sorted(IMAGENET_VARIANTS)
+
+
+def test_every_reader_kind_has_a_reader():
+    assert set(coop._READERS) == set(READERS)
+    assert set(TEST_ONLY_READERS) <= set(READERS)
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(InputError, match="unknown dataset 'imagenet'.*caltech101.*ucf101"):
-        get_dataset_info("imagenet")
+    with pytest.raises(InputError, match="unknown dataset 'imagenet1k'.*caltech101.*ucf101"):
+        get_dataset_info("imagenet1k")
 
 
 @pytest.mark.parametrize(
     ("name", "folder", "image_dir", "split_file", "template"),
     [
+        ("imagenet", "imagenet", "images", "classnames.txt", "a photo of a {}."),
+        (
+            "imagenet_v2",
+            "imagenetv2",
+            "imagenetv2-matched-frequency-format-val",
+            "classnames.txt",
+            "a photo of a {}.",
+        ),
+        ("imagenet_sketch", "imagenet-sketch", "images", "classnames.txt", "a photo of a {}."),
+        ("imagenet_a", "imagenet-adversarial", "imagenet-a", "classnames.txt", "a photo of a {}."),
+        ("imagenet_r", "imagenet-rendition", "imagenet-r", "classnames.txt", "a photo of a {}."),
         (
             "caltech101",
             "caltech-101",
@@ -62,6 +90,13 @@ def test_unknown_dataset_lists_valid_names():
             "a photo of a {}, a type of flower.",
         ),
         ("food101", "food-101", "images", "split_zhou_Food101.json", "a photo of {}, a type of food."),
+        (
+            "fgvc_aircraft",
+            "fgvc_aircraft",
+            "images",
+            "variants.txt",
+            "a photo of a {}, a type of aircraft.",
+        ),
         ("sun397", "sun397", "SUN397", "split_zhou_SUN397.json", "a photo of a {}."),
         ("dtd", "dtd", "images", "split_zhou_DescribableTextures.json", "{} texture."),
         ("eurosat", "eurosat", "2750", "split_zhou_EuroSAT.json", "a centered satellite photo of {}."),

@@ -85,6 +85,7 @@ def test_slices_resolve_per_dataset_and_backbone() -> None:
         ({"extraction": {"augment": {"demo_digits": {"crop_scale": [0.0, 0.5]}}}}, "crop_scale"),
         ({"extraction": {"augment": {"imagenett": {"hflip": True}}}}, "extraction.augment.imagenett"),
         ({"datasets": ["no_such_set"]}, "no_such_set"),
+        ({"datasets": ["demo_digits", "imagenet_r"]}, "key 'datasets': 'imagenet_r' is test-only"),
         ({"shots": ["four"]}, "shots.0"),
         ({"ablations": {"backbones": ["clip_lora"], "variants": {"a": {}}}}, "ablations.backbones"),
     ],

@@ -216,6 +216,10 @@ def _load(config: Mapping[str, Any], schema_path: Path, presets_dir: Path) -> di
     for name in config["datasets"]:
         if name not in known:
             raise InputError(f"key 'datasets': unknown dataset '{name}' (known: {', '.join(sorted(known))})")
+        if get_dataset_info(name).test_only:
+            raise InputError(
+                f"key 'datasets': '{name}' is test-only (no train split to sample few-shot runs from)"
+            )
     for group, names in config["groups"].items():
         for name in names:
             if name not in known:
@@ -316,7 +320,7 @@ def _check_shots(shots: list[int], datasets: list[str], data_root: str, key: str
     """Every shot at most the train images of each dataset's smallest class: a run with fewer
     images than its shot count would be labelled with the wrong number of shots."""
     for dataset in datasets:
-        most = smallest_train_class(dataset, data_root)
+        most = smallest_train_class(dataset, data_root, cap=max(shots, default=None))
         if most is not None and shots and max(shots) > most:
             raise InputError(
                 f"key '{key}': {max(shots)} shots, but the smallest class of {dataset} has {most} train "

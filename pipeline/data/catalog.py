@@ -1,4 +1,4 @@
-"""Registry of datasets by name: folder layout, split file, prompt templates and class-name rewrites."""
+"""Registry of datasets by name: folder layout, how to read it, prompt templates and class-name rewrites."""
 
 from __future__ import annotations
 
@@ -7,6 +7,16 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from pipeline.core.errors import InputError
+
+# How a dataset's splits are read (``pipeline.data.coop.load_dataset`` dispatches on it):
+#   coop_json: CoOp's split JSON listing [relative path, label, class name] per split;
+#   imagenet: classnames.txt and images/{train,val}/<wnid>/ (test = the official val set);
+#   fgvc_text: FGVCAircraft's variants.txt and images_variant_{train,val,test}.txt;
+#   wnid_folders: test only, classnames.txt and <image_dir>/<wnid>/ (ImageNet-Sketch, -A, -R);
+#   index_folders: test only, classnames.txt and <image_dir>/<label>/ (ImageNet-V2).
+READERS = ("coop_json", "imagenet", "fgvc_text", "wnid_folders", "index_folders")
+# Readers of datasets that only have a test split: evaluation targets, never few-shot runs.
+TEST_ONLY_READERS = ("wnid_folders", "index_folders")
 
 
 @dataclass(frozen=True)
@@ -18,11 +28,13 @@ class DatasetInfo:
         folder: the dataset's folder under the data root.
         image_dir: folder, relative to ``folder``, that split-file image paths are relative to
             (``""`` means ``folder`` itself).
-        split_file: CoOp split JSON inside ``folder``.
+        split_file: the file inside ``folder`` that defines the classes and splits (CoOp's split
+            JSON); the workflow checks that it exists and reruns the dataset's jobs when it changes.
         templates: prompt templates, each with one ``{}`` for the class name.
         classname_map: rewrites applied after underscores become spaces (read-only mapping).
         source: for demo datasets, the key ``pipeline.demo.datasets`` builds it from; ``None`` for
             datasets that must be downloaded.
+        reader: how the splits are read, one of ``READERS``.
     """
 
     name: str
@@ -35,6 +47,15 @@ class DatasetInfo:
     # CoOp's augmentation for the real datasets; the demo sets set their own (below).
     crop_scale: tuple[float, float] = (0.08, 1.0)
     hflip: bool = True
+    reader: str = "coop_json"
+
+    def __post_init__(self) -> None:
+        assert self.reader in READERS, f"{self.name}: unknown reader {self.reader!r}"
+
+    @property
+    def test_only(self) -> bool:
+        """Whether the dataset has only a test split (nothing to sample few-shot runs from)."""
+        return self.reader in TEST_ONLY_READERS
 
 
 # CoOp's rewrite of EuroSAT's folder names into phrases CLIP reads well.
@@ -51,8 +72,9 @@ EUROSAT_CLASSNAMES = {
     "SeaLake": "Sea or Lake",
 }
 
-# ImageNet (classnames.txt + image folders) and FGVCAircraft (txt splits) need their own readers.
 _DATASETS = (
+    # ImageNet: no split file, its classes are classnames.txt and its images are listed.
+    DatasetInfo("imagenet", "imagenet", "images", "classnames.txt", ("a photo of a {}.",), reader="imagenet"),
     DatasetInfo(
         "caltech101",
         "caltech-101",
@@ -78,6 +100,14 @@ _DATASETS = (
     DatasetInfo(
         "food101", "food-101", "images", "split_zhou_Food101.json", ("a photo of {}, a type of food.",)
     ),
+    DatasetInfo(
+        "fgvc_aircraft",
+        "fgvc_aircraft",
+        "images",
+        "variants.txt",  # and images_variant_{train,val,test}.txt beside it
+        ("a photo of a {}, a type of aircraft.",),
+        reader="fgvc_text",
+    ),
     DatasetInfo("sun397", "sun397", "SUN397", "split_zhou_SUN397.json", ("a photo of a {}.",)),
     DatasetInfo("dtd", "dtd", "images", "split_zhou_DescribableTextures.json", ("{} texture.",)),
     DatasetInfo(
@@ -94,6 +124,40 @@ _DATASETS = (
         "UCF-101-midframes",
         "split_zhou_UCF101.json",
         ("a photo of a person doing {}.",),
+    ),
+    # ImageNet's test-only variants (domain generalization), each with a copy of ImageNet's
+    # classnames.txt beside its images (CoOp's DATASETS.md); CoOp prompts them like ImageNet.
+    DatasetInfo(
+        "imagenet_v2",
+        "imagenetv2",
+        "imagenetv2-matched-frequency-format-val",
+        "classnames.txt",
+        ("a photo of a {}.",),
+        reader="index_folders",
+    ),
+    DatasetInfo(
+        "imagenet_sketch",
+        "imagenet-sketch",
+        "images",
+        "classnames.txt",
+        ("a photo of a {}.",),
+        reader="wnid_folders",
+    ),
+    DatasetInfo(
+        "imagenet_a",
+        "imagenet-adversarial",
+        "imagenet-a",
+        "classnames.txt",
+        ("a photo of a {}.",),
+        reader="wnid_folders",
+    ),
+    DatasetInfo(
+        "imagenet_r",
+        "imagenet-rendition",
+        "imagenet-r",
+        "classnames.txt",
+        ("a photo of a {}.",),
+        reader="wnid_folders",
     ),
     # Demo datasets: real images shipped with installed packages, built by pipeline.build_demo.
     DatasetInfo(

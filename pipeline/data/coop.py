@@ -1,50 +1,26 @@
-"""Reader for CoOp's dataset layout: ``<data_root>/<folder>/<split_file>`` listing train, val and test."""
+"""The one entry point to every dataset (``load_dataset``), and the reader of CoOp's split JSON.
+
+Under a data root each dataset has a folder laid out as in CoOp's ``DATASETS.md`` (Zhou et al., IJCV
+2022); its ``DatasetInfo.reader`` says how to read it (docs/protocol.md, Datasets).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import InputError
 from pipeline.data.catalog import DatasetInfo, get_dataset_info
+from pipeline.data.fgvc import read_fgvc
+from pipeline.data.imagenet import read_imagenet, read_index_folders, read_wnid_folders
+
+# The types every reader returns, imported from here by the rest of the pipeline.
+from pipeline.data.splits import SPLITS, DatasetSplits, Item
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One labelled image: ``path`` is relative to the dataset's image root."""
-
-    path: str
-    label: int
-    classname: str
-
-
-@dataclass(frozen=True)
-class DatasetSplits:
-    """A dataset's three splits; ``classnames[label]`` is the (rewritten) name of class ``label``.
-
-    ``val`` is empty for a dataset without a validation split. ``split_path`` is the file the
-    splits were read from (for error messages).
-    """
-
-    name: str
-    image_root: Path
-    classnames: list[str]
-    train: list[Item]
-    val: list[Item]
-    test: list[Item]
-    split_path: Path | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classnames)
 
 
 def normalize_classname(raw: str, classname_map: Mapping[str, str]) -> str:
@@ -71,7 +47,9 @@ def _parse_entry(entry: Any, where: str) -> tuple[str, int, str]:
     return entry[0], entry[1], entry[2]
 
 
-def parse_splits(data: Any, info: DatasetInfo, split_path: Path, image_root: Path) -> DatasetSplits:
+def parse_splits(
+    data: Any, info: DatasetInfo, split_path: Path, image_root: Path, folder: Path | None = None
+) -> DatasetSplits:
     """Validate the decoded JSON of a CoOp split file and build the splits.
 
     The class list comes from train (label -> name); labels must be exactly ``0..C-1``; every val
@@ -140,18 +118,46 @@ def parse_splits(data: Any, info: DatasetInfo, split_path: Path, image_root: Pat
         val=items["val"],
         test=items["test"],
         split_path=split_path,
+        folder=folder,
     )
 
 
-def load_dataset(name: str, data_root: Path) -> DatasetSplits:
-    """Read a registered dataset's CoOp split file from ``data_root``.
-
-    Only the split file is read; images are checked by ``check_images`` on the items a caller
-    will actually decode.
+def read_coop_json(info: DatasetInfo, folder: Path) -> DatasetSplits:
+    """Read CoOp's split JSON ``folder/info.split_file`` (reader ``coop_json``).
 
     Raises:
-        InputError: unknown dataset; missing data root, dataset folder or split file; invalid JSON
-            or an invalid entry (see ``parse_splits``).
+        InputError: invalid JSON or an invalid entry (see ``parse_splits``), naming the file.
+    """
+    split_path = folder / info.split_file
+    try:
+        data = json.loads(split_path.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(f"split file {split_path}: invalid JSON ({err.msg} at line {err.lineno})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"split file {split_path}: not UTF-8 text") from None
+    image_root = folder / info.image_dir if info.image_dir else folder
+    return parse_splits(data, info, split_path, image_root, folder)
+
+
+# Reader kind (``DatasetInfo.reader``) -> function reading the dataset's folder.
+_READERS: dict[str, Callable[[DatasetInfo, Path], DatasetSplits]] = {
+    "coop_json": read_coop_json,
+    "imagenet": read_imagenet,
+    "fgvc_text": read_fgvc,
+    "wnid_folders": read_wnid_folders,
+    "index_folders": read_index_folders,
+}
+
+
+def load_dataset(name: str, data_root: Path) -> DatasetSplits:
+    """Read a registered dataset's splits from ``data_root``, with the reader its catalog entry names.
+
+    Only the files listing the splits (and, for datasets without a split file, the image folders)
+    are read; images are checked by ``check_images`` on the items a caller will actually decode.
+
+    Raises:
+        InputError: unknown dataset; missing data root, dataset folder or split file; an invalid
+            split file (one line naming it and the entry, line or folder at fault).
     """
     info = get_dataset_info(name)
     data_root = Path(data_root)
@@ -168,14 +174,7 @@ def load_dataset(name: str, data_root: Path) -> DatasetSplits:
     split_path = folder / info.split_file
     if not split_path.is_file():
         raise InputError(f"split file {split_path} does not exist")
-    try:
-        data = json.loads(split_path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"split file {split_path}: invalid JSON ({err.msg} at line {err.lineno})") from None
-    except UnicodeDecodeError:
-        raise InputError(f"split file {split_path}: not UTF-8 text") from None
-    image_root = folder / info.image_dir if info.image_dir else folder
-    splits = parse_splits(data, info, split_path, image_root)
+    splits = _READERS[info.reader](info, folder)
     log.info(
         "%s: %d classes, %d train / %d val / %d test images",
         name,
@@ -196,9 +195,18 @@ def check_images(splits: DatasetSplits, items: Iterable[Item]) -> None:
     """Stat each of ``items``' image files (pass only the items that will be read).
 
     Raises:
-        InputError: "split file X names a missing image Y" for the first missing file.
+        InputError: "split file X names a missing image Y" for the first missing file, X being the
+            file that lists the item's split.
     """
     for item in items:
         path = resolve_image(splits, item)
         if not path.is_file():
-            raise InputError(f"split file {splits.split_path} names a missing image {path}")
+            raise InputError(f"split file {_listed_in(splits, item)} names a missing image {path}")
+
+
+def _listed_in(splits: DatasetSplits, item: Item) -> Path | None:
+    """The file listing ``item`` (searched only on the way to an error)."""
+    for key, path in splits.split_files.items():
+        if item in getattr(splits, key):
+            return path
+    return splits.split_path

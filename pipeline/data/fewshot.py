@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from pipeline.core.atomic import write_json
 from pipeline.core.errors import InputError
 from pipeline.core.versions import SAMPLING_VERSION  # bump it when the sampling below changes its draws
 from pipeline.data.coop import DatasetSplits, Item
+from pipeline.data.coop_pickle import check_coop_pickle, coop_pickle_path
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +24,23 @@ MAX_VAL_SHOTS = 4
 # How a (shot, seed) picks its images (config key `sampler`, docs/protocol.md):
 #   numpy: this project's draw, one numpy.random.default_rng(seed) stream, classes in label order;
 #   dassl: CoOp's own draw (Dassl's generate_fewshot_dataset after random.seed(seed)), so seed s
-#          gives the same images as seed s of the published CoOp, CoCoOp and CLIP-LoRA runs.
+#          gives the same images as seed s of the published CoOp, CoCoOp and CLIP-LoRA runs; where
+#          CoOp's pickle of that draw is in the dataset folder, the draw is checked against it.
 SAMPLERS = ("numpy", "dassl")
 
 
 @dataclass(frozen=True)
 class FewShotSplit:
-    """One sampled few-shot subset: ``train`` and ``val`` items, grouped by class in label order."""
+    """One sampled few-shot subset: ``train`` and ``val`` items, grouped by class (in label order
+    for ``numpy``, in order of first appearance for ``dassl``).
+
+    ``checked_against`` is the CoOp few-shot pickle the draw was found equal to, if any (not part
+    of the subset's identity: it does not take part in comparisons).
+    """
 
     train: list[Item]
     val: list[Item]
+    checked_against: Path | None = field(default=None, compare=False)
 
 
 def val_shots(shot: int) -> int:
@@ -70,13 +78,16 @@ def sample_fewshot(splits: DatasetSplits, shot: int, seed: int, sampler: str = "
 
     ``numpy``: all train classes are drawn first (in label order, items in split-file order), then
     all val classes, from one ``numpy.random.default_rng(seed)`` stream. ``dassl``: CoOp's draw,
-    ``random.Random(seed)`` and ``_dassl_draw`` on train, then on val continuing the same stream.
+    ``random.Random(seed)`` and ``_dassl_draw`` on train, then on val continuing the same stream,
+    checked against CoOp's pickle of the same draw where the dataset folder holds one
+    (``<folder>/split_fewshot/shot_{shot}-seed_{seed}.pkl``, ``pipeline.data.coop_pickle``).
     Either way the result depends only on (split file, shot, seed, sampler). A class with fewer
     images than asked keeps all it has. Without a val split, val is drawn from the train images of
     the class not already chosen for train.
 
     Raises:
-        InputError: ``shot`` < 1, ``seed`` < 0 or an unknown sampler.
+        InputError: ``shot`` < 1, ``seed`` < 0 or an unknown sampler; with ``dassl``, a CoOp pickle
+            that cannot be read safely or holds other images (one line naming it and the item).
     """
     if isinstance(shot, bool) or not isinstance(shot, int) or shot < 1:
         raise InputError(f"shot must be a positive integer, got {shot!r}")
@@ -113,7 +124,11 @@ def _sample_dassl(splits: DatasetSplits, shot: int, seed: int) -> FewShotSplit:
         taken = set(train)
         val_source = [item for item in splits.train if item not in taken]
     val = _dassl_draw(rng, val_source, val_shots(shot))  # the same stream, as CoOp draws val after train
-    return _logged(splits, shot, seed, FewShotSplit(train, val))
+    pickled = coop_pickle_path(splits, shot, seed)
+    if pickled is not None:
+        check_coop_pickle(pickled, {"train": train, "val": val})
+        log.info("%s shot %d seed %d: the same images as CoOp's %s", splits.name, shot, seed, pickled)
+    return _logged(splits, shot, seed, FewShotSplit(train, val, checked_against=pickled))
 
 
 def _logged(splits: DatasetSplits, shot: int, seed: int, fewshot: FewShotSplit) -> FewShotSplit:
@@ -139,19 +154,22 @@ def _logged(splits: DatasetSplits, shot: int, seed: int, fewshot: FewShotSplit) 
 def write_split_file(
     path: Path, dataset: str, shot: int, seed: int, fewshot: FewShotSplit, sampler: str = "numpy"
 ) -> None:
-    """Record a sampled subset as JSON (atomically); entries are ``[path, label, classname]``."""
-    write_json(
-        path,
-        {
-            "dataset": dataset,
-            "shot": shot,
-            "seed": seed,
-            "sampler": sampler,
-            "sampling_version": SAMPLING_VERSION,
-            "train": [[i.path, i.label, i.classname] for i in fewshot.train],
-            "val": [[i.path, i.label, i.classname] for i in fewshot.val],
-        },
-    )
+    """Record a sampled subset as JSON (atomically); entries are ``[path, label, classname]``.
+
+    A draw checked against CoOp's pickle records it: ``"checked_against": "<path of the pkl>"``.
+    """
+    record: dict[str, Any] = {
+        "dataset": dataset,
+        "shot": shot,
+        "seed": seed,
+        "sampler": sampler,
+        "sampling_version": SAMPLING_VERSION,
+        "train": [[i.path, i.label, i.classname] for i in fewshot.train],
+        "val": [[i.path, i.label, i.classname] for i in fewshot.val],
+    }
+    if fewshot.checked_against is not None:
+        record["checked_against"] = str(fewshot.checked_against)
+    write_json(path, record)
 
 
 def _read_entries(

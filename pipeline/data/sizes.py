@@ -1,7 +1,9 @@
 """Class and split sizes of the benchmark datasets, for planning work and checking shot counts.
 
 The real datasets' numbers are those of CoOp's split files (Zhou et al., IJCV 2022, Table 5;
-ImageNet's test split is its 50,000-image validation set). The demo sets' are what
+ImageNet's test split is its 50,000-image validation set); ImageNet's test-only variants' are their
+released test sets (ImageNet-V2 matched-frequency 10,000 images, -Sketch 50,889, -A 7,500 and -R
+30,000, the last two on 200 of ImageNet's classes). The demo sets' are what
 ``pipeline.demo.datasets`` builds. A few-shot run holds ``shot x classes`` training images and
 ``min(shot, 4) x classes`` validation images (docs/protocol.md).
 """
@@ -24,6 +26,10 @@ SIZES: dict[str, tuple[int, int]] = {
     "dtd": (47, 1692),
     "eurosat": (10, 8100),
     "ucf101": (101, 3783),
+    "imagenet_v2": (1000, 10000),
+    "imagenet_sketch": (1000, 50889),
+    "imagenet_a": (200, 7500),
+    "imagenet_r": (200, 30000),
     "demo_digits": (10, 540),
     "demo_fashion": (10, 2000),
 }
@@ -43,22 +49,34 @@ def run_sizes(dataset: str, shot: int) -> tuple[int, int, int, int]:
     return classes, shot * classes, min(shot, 4) * classes, test
 
 
-def smallest_train_class(dataset: str, data_root: Path | str) -> int | None:
+def smallest_train_class(dataset: str, data_root: Path | str, cap: int | None = None) -> int | None:
     """Train images of ``dataset``'s smallest class: the most shots every class can give a run.
 
-    Demo sets: their known size (the workflow builds them later); real ones: counted in the split
-    file under ``data_root``, or None while that file is not there.
+    Demo sets: their known size (the workflow builds them later); test-only sets: 0; real ones:
+    counted in the split files under ``data_root``, or None while the dataset's split file (its
+    ``DatasetInfo.split_file``) is not there. With ``cap``, the count stops at ``cap``: the result
+    is exact below ``cap`` and means "at least" at ``cap`` (ImageNet then lists at most ``cap``
+    images per class folder instead of its 1.28 M files).
 
     Raises:
-        InputError: the split file exists but is not a valid CoOp split file (names it).
+        InputError: the dataset's files exist but are invalid (the message names the file).
     """
     if dataset in DEMO_SMALLEST_TRAIN_CLASS:
-        return DEMO_SMALLEST_TRAIN_CLASS[dataset]
+        smallest = DEMO_SMALLEST_TRAIN_CLASS[dataset]
+        return smallest if cap is None else min(smallest, cap)
     from pipeline.data.catalog import get_dataset_info
     from pipeline.data.coop import load_dataset
+    from pipeline.data.imagenet import smallest_imagenet_class
 
     info = get_dataset_info(dataset)
-    if not (Path(data_root) / info.folder / info.split_file).is_file():
+    if info.test_only:
+        return 0
+    folder = Path(data_root) / info.folder
+    if not (folder / info.split_file).is_file():
         return None
+    if info.reader == "imagenet":  # counting needs no full listing of its image folders
+        return smallest_imagenet_class(info, folder, cap)
     splits = load_dataset(dataset, Path(data_root))
-    return min(Counter(item.label for item in splits.train).values())
+    counts = Counter(item.label for item in splits.train)
+    smallest = min(counts.get(label, 0) for label in range(splits.num_classes))
+    return smallest if cap is None else min(smallest, cap)

@@ -113,3 +113,23 @@ def test_ablations_default_to_the_runs_datasets_and_largest_shot() -> None:
     assert config["ablations"]["shots"] == [4] and config["backbone_ablations"]["shots"] == [4]
     demo = load(preset="demo", datasets=["demo_fashion"], **variants)
     assert demo["ablations"]["datasets"] == ["demo_fashion"] and demo["ablations"]["shots"] == [16]
+
+
+def test_the_paper_preset_plans_the_papers_grid(tmp_path: Path) -> None:
+    """preset: paper with only a data root (the 11 datasets in their layouts, tiny fixture images)."""
+    from fixtures_datasets import make_root
+
+    paper = yaml.safe_load((PRESETS / "paper.yaml").read_text())
+    root = make_root(tmp_path / "data", paper["datasets"])
+    shipped = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = load_workflow_config({**shipped, "preset": "paper", "data_root": str(root)}, SCHEMA, PRESETS)
+    assert len(config["datasets"]) == 11 and {"imagenet", "fgvc_aircraft"} <= set(config["datasets"])
+    assert config["shots"] == [1, 2, 4, 8, 16] and config["seeds"] == [1, 2, 3]
+    assert config["backbones"] == registry.list_backbones()  # every backbone the project has
+    assert config["encoder"] == {"model": "ViT-B-16", "pretrained": "openai"}
+    assert config["backbone_config"] == {}  # the published recipes
+    assert recipe_slice(config, "coop", "dtd", 16)["epochs_by_shots"] == {"16": 200}
+    groups = config["groups"]
+    assert groups["difficult"] == ["fgvc_aircraft", "eurosat", "dtd", "sun397", "stanford_cars"]
+    assert sorted(groups["difficult"] + groups["easy"]) == sorted(config["datasets"])
+    assert config["ablations"]["shots"] == [16] and config["ablations"]["datasets"] == config["datasets"]

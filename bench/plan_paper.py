@@ -1,0 +1,97 @@
+"""How long Snakemake takes to plan the paper preset's whole grid (a dry run, nothing executed).
+
+The paper preset (`--config preset=paper`) is ViT-B/16 on the 11 datasets, shots 1/2/4/8/16,
+seeds 1-3 and six backbones. This script lays the 11 datasets out in their exact folder layouts
+with tiny images (tests/fixtures_datasets.py), runs `snakemake -n` on them from a scratch
+directory and prints the number of planned jobs per rule and the wall time of the dry run, best
+of --repeats. Target: under 5 s on a 2-core machine.
+
+    python bench/plan_paper.py [--repeats 3] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from fixtures_datasets import make_root  # noqa: E402
+
+from bench.machine import cpu_model  # noqa: E402
+
+PAPER_DATASETS = (
+    "imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101",
+    "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
+)  # fmt: skip
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """Snakemake's 'Job stats' table of a dry run as {rule: count} (with 'total')."""
+    assert "Job stats:" in output, output[-3000:]
+    jobs = {}
+    for line in output.split("Job stats:", 1)[1].splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        jobs[match.group(1)] = int(match.group(2))
+    return jobs
+
+
+def snakemake_version() -> str:
+    from importlib.metadata import version
+
+    return version("snakemake")
+
+
+def dry_run(workdir: Path) -> tuple[float, dict[str, int]]:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
+    cmd += ["--directory", str(workdir), "--cores", "2", "-n", "--quiet", "rules"]
+    cmd += ["--config", "preset=paper", f"data_root={workdir / 'data'}", f"results={workdir / 'results'}"]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"dry run failed:\n{result.stderr[-3000:]}")
+    return seconds, job_stats(result.stdout + result.stderr)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--keep", type=Path, help="build the scratch directory here and keep it")
+    args = p.parse_args()
+    workdir = args.keep or Path(tempfile.mkdtemp(prefix="plan_paper_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copy(REPO / "config.yaml", workdir / "config.yaml")
+        make_root(workdir / "data", PAPER_DATASETS)
+        print(f"cpu: {cpu_model()} ({os.cpu_count()} cores), load average {os.getloadavg()[0]:.2f} at start")
+        print(f"snakemake {snakemake_version()}, python {sys.version.split()[0]}")
+        times = []
+        for _ in range(args.repeats):
+            seconds, jobs = dry_run(workdir)
+            times.append(seconds)
+        print(f"\npaper preset, fixture data root with the 11 datasets: {jobs.get('total', 0)} jobs planned")
+        for rule, count in sorted(jobs.items(), key=lambda kv: -kv[1]):
+            if rule != "total":
+                print(f"  {rule:28s} {count:6d}")
+        print(f"dry run (snakemake -n, whole process): best {min(times):.2f} s of {args.repeats}: "
+              + ", ".join(f"{t:.2f}" for t in times))  # fmt: skip
+    finally:
+        if args.keep is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,11 +1,12 @@
 """The workflow end to end on the tiny config (.test/config.yaml): every backbone's jobs, the report
-page, no-op rerun, rerun scope, a backbone added with no edit under workflow/, bad
+page and its screenshot, no-op rerun, rerun scope, a backbone added with no edit under workflow/, bad
 configs, lint."""
 
 from __future__ import annotations
 
 import base64
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -169,6 +170,36 @@ def test_report_shows_the_tables_and_the_figure_with_captions(finished_run: Path
     assert "<h2>demo_digits (D)</h2>" in fewshot and '<th scope="row">CoOp + FMA</th>' in fewshot
     assert "Few-shot adaptation of CLIP models" in page  # the workflow's description
     assert "This run: datasets demo_digits; 1, 2 shots;" in page
+
+
+def _screenshot_tool():
+    path = REPO / "bench" / "report_screenshot.py"  # a script, not a package module
+    spec = importlib.util.spec_from_file_location("report_screenshot", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_screenshot(built_report: Path, tmp_path: Path) -> None:
+    """The report in headless Chromium: its start page, then opened on the few-shot table."""
+    import numpy as np
+    from PIL import Image
+
+    tool = _screenshot_tool()
+    if tool.find_browser() is None:
+        pytest.skip(f"no headless browser ({', '.join(tool.BROWSERS)}); apt-get install chromium")
+    shots = {}
+    for name, show in (("start", []), ("fewshot", ["--show", "fewshot.html"])):
+        png = tmp_path / f"{name}.png"
+        assert tool.main([str(built_report), "--out", str(png), "--size", "1000x700", *show]) == 0
+        with Image.open(png) as image:
+            assert image.size == (1000, 700), name
+            pixels = np.asarray(image.convert("RGB"))
+        colours = np.unique(pixels.reshape(-1, 3), axis=0)
+        assert len(colours) > 50 and pixels.std() > 20, (name, len(colours), pixels.std())  # not blank
+        shots[name] = pixels
+    assert np.abs(shots["start"].astype(int) - shots["fewshot"]).mean() > 5  # the table is shown
+    assert tool.main([str(built_report), "--out", str(tmp_path / "x.png"), "--show", "nope.html"]) == 2
 
 
 def test_dry_run_after_full_run_has_nothing_to_do(finished_run: Path) -> None:

@@ -1,4 +1,5 @@
-"""Ablation table: result records of the ablation variants -> <stem>.{md,csv,tex} (FMA's or a backbone's)."""
+"""Ablation table: result records of the ablation variants -> <stem>.{md,csv,tex,html} (FMA's or a
+backbone's)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.make_ablations", description=__doc__)
     p.add_argument("--records", nargs="*", default=[], metavar="JSON", help="records with a variant")
     p.add_argument("--labels", default="{}", help="JSON: variant name -> row label (its order = row order)")
-    p.add_argument("--out-dir", required=True, help="writes <stem>.{csv,md,tex} here")
+    p.add_argument("--out-dir", required=True, help="writes <stem>.{csv,md,tex,html} here")
     p.add_argument("--stem", default="ablations", help="file name of the tables, without extension")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p

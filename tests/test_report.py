@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from pipeline.core.errors import InputError
 from pipeline.report.ablations import build_ablation, write_ablation_report
 from pipeline.report.records import Result, baseline_result, build_record, read_record, write_record
+from pipeline.report.render import Cell, Table, format_cell, html
 from pipeline.report.summary import long_table, summarize
 from pipeline.report.tables import main_tables, plugplay_frame, write_fewshot_report
 
@@ -117,6 +119,63 @@ def test_report_files(tmp_path: Path) -> None:
     assert paths["curves.png"].stat().st_size > 1000
 
 
+class _Rows(HTMLParser):
+    """The text of every table row of an HTML page, cell by cell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs) -> None:
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("th", "td"):
+            self._cell = []
+
+    def handle_endtag(self, tag) -> None:
+        if tag in ("th", "td") and self._cell is not None:
+            self.rows[-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def html_rows(page: str) -> list[list[str]]:
+    parser = _Rows()
+    parser.feed(page)
+    return parser.rows
+
+
+def markdown_rows(md: str) -> list[list[str]]:
+    rows = [line.strip("|").split(" | ") for line in md.splitlines() if line.startswith("| ")]
+    return [[c.strip().strip("*") for c in row] for row in rows]
+
+
+def test_html_pages_hold_the_markdown_tables(tmp_path: Path) -> None:
+    """Cell for cell the same text as the Markdown, on a page that loads nothing from elsewhere."""
+    paths = write_fewshot_report(grid(tmp_path), tmp_path / "out", GROUPS, ["zeroshot", "coop"])
+    for name in ("fewshot", "plugplay"):
+        page = paths[f"{name}.html"].read_text()
+        assert html_rows(page) == markdown_rows(paths[f"{name}.md"].read_text()), name
+        assert not any(s in page for s in ("<script", "<link", "src=", "http")), name
+    page = paths["fewshot.html"].read_text()
+    assert "<h2>hard (D)</h2>" in page and "(M 1/2/3)" in page and 'class="block"' in page
+    assert "mean ± std over 3 seeds" in page  # the caption
+
+
+def test_html_cells_are_escaped_and_marked() -> None:
+    table = Table("a <b> & c", ["Method", "1 shot"], [["x < y", Cell(50.0, 1.0, italic=True)], ["z", None]])
+    page = html("H & H", "cap <i>", [table], "test")
+    assert "<h2>a &lt;b&gt; &amp; c</h2>" in page and "<title>H &amp; H</title>" in page
+    assert '<th scope="row">x &lt; y</th><td><em>50.0 ± 1.0</em></td>' in page.replace("\n", "")
+    assert '<td class="empty">–</td>' in page and "cap &lt;i&gt;" in page
+    with pytest.raises(ValueError, match="choose from md, tex, html"):
+        format_cell(None, "rst")
+
+
 def test_a_new_method_needs_no_report_change(tmp_path: Path) -> None:
     """A stage-2 method the report has never heard of gets its rows, and its plug-and-play column."""
     records = grid(tmp_path)
@@ -175,5 +234,7 @@ def test_ablation_rows(tmp_path: Path) -> None:
     paths = write_ablation_report(records, tmp_path, {"default": "FMA (defaults)", "noise": "paper noise"})
     md = paths["md"].read_text()
     assert "| paper noise |" in md and "*64.0 ± 1.0*" in md
+    assert html_rows(paths["html"].read_text()) == markdown_rows(md)
+    assert "<em>64.0 ± 1.0</em>" in paths["html"].read_text()
     with pytest.raises(InputError, match="variant"):
         build_ablation([fma_record("zeroshot", "hard", 16, 1, 40.0, 60.0)])

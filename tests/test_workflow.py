@@ -1,9 +1,12 @@
-"""The workflow end to end on the tiny config (.test/config.yaml): every backbone's jobs, no-op rerun,
-rerun scope, a backbone added with no edit under workflow/, bad configs, lint."""
+"""The workflow end to end on the tiny config (.test/config.yaml): every backbone's jobs, the report
+page and its screenshot, no-op rerun, rerun scope, a backbone added with no edit under workflow/, bad
+configs, lint."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import importlib.util
 import json
 import os
 import re
@@ -124,6 +127,81 @@ def test_fma_at_m0_is_the_backbones_own_prediction(finished_run: Path, backbone:
     assert int(tied.sum()) <= 0.02 * len(labels)
 
 
+@pytest.fixture(scope="module")
+def built_report(finished_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``snakemake --report`` of the finished tiny run, written outside its directory."""
+    report = tmp_path_factory.mktemp("report") / "report.html"
+    result = snakemake(finished_run, "--report", str(report), config=TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return report
+
+
+def report_tables(page: str) -> dict[str, dict]:
+    """A report page's ``var results`` (path: name, caption, data URI...) and ``var categories``."""
+    tables = {}
+    for name in ("results", "categories"):
+        found = re.search(rf'<script id="{name}">\s*var {name} = (.*?);\s*</script>', page, re.S)
+        assert found, name
+        tables[name] = json.loads(found.group(1))
+    return tables
+
+
+def test_report_shows_the_tables_and_the_figure_with_captions(finished_run: Path, built_report: Path) -> None:
+    page = built_report.read_text()
+    tables = report_tables(page)
+    where = f"{TINY['results']}/tables"
+    assert tables["categories"] == {  # the ablation tables only with their targets
+        "Few-shot results": {"Other": [f"{where}/curves.png", f"{where}/fewshot.html"]},
+        "Plug-and-play": {"Other": [f"{where}/plugplay.html"]},
+    }
+    results = {Path(path).name: entry for path, entry in tables["results"].items()}
+    assert "Test accuracy (%) of every backbone alone" in results["fewshot.html"]["caption"]
+    assert "Mean ± std over seeds 1." in results["fewshot.html"]["caption"]  # rendered with the config
+    assert "The star marks the M chosen on validation." in results["curves.png"]["caption"]
+    assert "Plug-and-play: each backbone" in results["plugplay.html"]["caption"]
+    assert results["fewshot.html"]["labels"] == {"result": "test accuracy tables"}
+    tables_dir = finished_run / TINY["results"] / "tables"
+    for name in ("fewshot.html", "plugplay.html", "curves.png"):
+        mime = "image/png" if name.endswith(".png") else "text/html"
+        uri = results[name]["data_uri"]
+        assert uri.startswith(f"data:{mime}") and ";base64," in uri, name
+        assert base64.b64decode(uri.split(";base64,", 1)[1]) == (tables_dir / name).read_bytes(), name
+    fewshot = (tables_dir / "fewshot.html").read_text()
+    assert "<h2>demo_digits (D)</h2>" in fewshot and '<th scope="row">CoOp + FMA</th>' in fewshot
+    assert "Few-shot adaptation of CLIP models" in page  # the workflow's description
+    assert "This run: datasets demo_digits; 1, 2 shots;" in page
+
+
+def _screenshot_tool():
+    path = REPO / "bench" / "report_screenshot.py"  # a script, not a package module
+    spec = importlib.util.spec_from_file_location("report_screenshot", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_screenshot(built_report: Path, tmp_path: Path) -> None:
+    """The report in headless Chromium: its start page, then opened on the few-shot table."""
+    import numpy as np
+    from PIL import Image
+
+    tool = _screenshot_tool()
+    if tool.find_browser() is None:
+        pytest.skip(f"no headless browser ({', '.join(tool.BROWSERS)}); apt-get install chromium")
+    shots = {}
+    for name, show in (("start", []), ("fewshot", ["--show", "fewshot.html"])):
+        png = tmp_path / f"{name}.png"
+        assert tool.main([str(built_report), "--out", str(png), "--size", "1000x700", *show]) == 0
+        with Image.open(png) as image:
+            assert image.size == (1000, 700), name
+            pixels = np.asarray(image.convert("RGB"))
+        colours = np.unique(pixels.reshape(-1, 3), axis=0)
+        assert len(colours) > 50 and pixels.std() > 20, (name, len(colours), pixels.std())  # not blank
+        shots[name] = pixels
+    assert np.abs(shots["start"].astype(int) - shots["fewshot"]).mean() > 5  # the table is shown
+    assert tool.main([str(built_report), "--out", str(tmp_path / "x.png"), "--show", "nope.html"]) == 2
+
+
 def test_dry_run_after_full_run_has_nothing_to_do(finished_run: Path) -> None:
     result = snakemake(finished_run, "-n", config=TINY)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -203,6 +281,24 @@ def test_backbone_ablations_fit_each_variant_and_write_their_table(finished_run:
     assert planned_jobs(snakemake(finished_run, "-n", "backbone_ablations", config=edited)) == {
         "fit_backbone_variant": 1, "make_backbone_ablation_table": 1, "backbone_ablations": 1
     }  # fmt: skip
+
+
+def test_report_of_the_ablation_targets_lists_their_tables(finished_run: Path, tmp_path: Path) -> None:
+    targets = ("all", "ablations", "backbone_ablations")
+    result = snakemake(finished_run, *targets, config=TINY)  # nothing to do after the tests above
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = tmp_path / "report.html"
+    result = snakemake(finished_run, "--report", str(report), *targets, config=TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tables = report_tables(report.read_text())
+    where = f"{TINY['results']}/tables"
+    assert tables["categories"]["Ablations"] == {
+        "FMA": [f"{where}/ablations.html"],
+        "Backbone recipe": [f"{where}/backbone_ablations.html"],
+    }
+    captions = {Path(path).name: entry["caption"] for path, entry in tables["results"].items()}
+    assert "trained on the same cached\nfeatures (backbones zeroshot)" in captions["ablations.html"]
+    assert "training recipe of mps_tuning" in captions["backbone_ablations.html"]
 
 
 def test_stale_tables_do_not_survive_a_failed_rerun(finished_run: Path, tmp_path: Path) -> None:

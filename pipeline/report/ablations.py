@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline.core.errors import InputError
 from pipeline.report.records import BASELINE
-from pipeline.report.render import Cell, Table, latex, markdown, write_csv, write_text
+from pipeline.report.render import Cell, Table, html, latex, markdown, write_csv, write_text
 from pipeline.report.summary import backbone_label, long_table, seed_summary
 
 DEFAULT_VARIANT = "default"
@@ -182,13 +182,14 @@ def write_ablation_report(
     labels: Mapping[str, str] | None = None,
     stem: str = "ablations",
 ) -> dict[str, Path]:
-    """Write <stem>.csv (long form), <stem>.md and <stem>.tex into ``out_dir``."""
+    """Write <stem>.csv (long form), <stem>.md, <stem>.tex and <stem>.html into ``out_dir``."""
     table = build_ablation(records, check_labels(labels or {}))
     out_dir = Path(out_dir)
-    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("csv", "md", "tex")}
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("csv", "md", "tex", "html")}
     tables = ablation_tables(table)
     caption = _caption(table)
     write_csv(table, paths["csv"])
     write_text(paths["md"], markdown("Ablations", caption, tables))
     write_text(paths["tex"], latex(caption, tables, "pipeline.report.ablations"))
+    write_text(paths["html"], html("Ablations", caption, tables, "pipeline.report.ablations"))
     return paths

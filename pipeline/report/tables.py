@@ -15,7 +15,7 @@ import pandas as pd
 from pipeline.core.errors import InputError
 from pipeline.report import curves
 from pipeline.report.records import BASELINE
-from pipeline.report.render import Cell, Table, latex, markdown, write_csv, write_text
+from pipeline.report.render import Cell, Table, html, latex, markdown, write_csv, write_text
 from pipeline.report.summary import (  # noqa: F401 (check_groups is re-exported)
     AVERAGE,
     backbone_label,
@@ -142,7 +142,7 @@ def write_fewshot_report(
     groups: Mapping[str, Sequence[str]] | None = None,
     backbone_order: Sequence[str] = (),
 ) -> dict[str, Path]:
-    """Write fewshot.{md,csv,tex}, plugplay.{md,csv,tex} and curves.png into ``out_dir``."""
+    """Write fewshot.{md,csv,tex,html}, plugplay.{md,csv,tex,html} and curves.png into ``out_dir``."""
     groups = check_groups(groups or {})
     if not records:
         raise InputError("no result records given")
@@ -152,13 +152,15 @@ def write_fewshot_report(
     paths = {
         f"{name}.{ext}": out_dir / f"{name}.{ext}"
         for name in ("fewshot", "plugplay")
-        for ext in ("md", "csv", "tex")
+        for ext in ("md", "csv", "tex", "html")
     }
     paths["curves.png"] = out_dir / "curves.png"
     tables = main_tables(summary, groups)
     write_csv(summary, paths["fewshot.csv"])
-    write_text(paths["fewshot.md"], markdown("Few-shot test accuracy", caption, tables))
-    write_text(paths["fewshot.tex"], latex(caption, tables, "pipeline.report.tables"))
+    heading, source = "Few-shot test accuracy", "pipeline.report.tables"
+    write_text(paths["fewshot.md"], markdown(heading, caption, tables))
+    write_text(paths["fewshot.tex"], latex(caption, tables, source))
+    write_text(paths["fewshot.html"], html(heading, caption, tables, source))
     frame = plugplay_frame(summary, groups)
     pp_caption = (
         "Plug-and-play: each backbone's own test accuracy (%) averaged over a dataset group, beside the "
@@ -168,6 +170,7 @@ def write_fewshot_report(
     pp_tables = plugplay_tables(frame, backbone_order)
     write_csv(frame, paths["plugplay.csv"])
     write_text(paths["plugplay.md"], markdown("Plug-and-play", pp_caption, pp_tables))
-    write_text(paths["plugplay.tex"], latex(pp_caption, pp_tables, "pipeline.report.tables"))
+    write_text(paths["plugplay.tex"], latex(pp_caption, pp_tables, source))
+    write_text(paths["plugplay.html"], html("Plug-and-play", pp_caption, pp_tables, source))
     curves.plot_curves(curves.build_curves(records), paths["curves.png"])
     return paths

@@ -41,7 +41,7 @@ rule make_ablation_table:
     input:
         records=ablation_runs(),
     output:
-        ABLATION_TABLE_FILES,
+        reported(ABLATION_TABLE_FILES),
     log:
         f"{RESULTS}/logs/make_ablation_table.log",
     localrule: True
@@ -64,7 +64,7 @@ rule ablations:
         ablation_runs(),  # a missing record is remade, then the table (rules/common.smk, TABLE_RECORDS)
     localrule: True
     message:
-        f"Done. Ablation tables: {TABLES}/ablations.md (.csv, .tex)"
+        f"Done. Ablation tables: {TABLES}/ablations.md (.csv, .tex, .html)"
 
 
 rule fit_backbone_variant:
@@ -101,7 +101,7 @@ rule make_backbone_ablation_table:
     input:
         records=backbone_ablation_runs(),
     output:
-        BACKBONE_ABLATION_TABLE_FILES,
+        reported(BACKBONE_ABLATION_TABLE_FILES),
     log:
         f"{RESULTS}/logs/make_backbone_ablation_table.log",
     localrule: True
@@ -124,4 +124,4 @@ rule backbone_ablations:
         backbone_ablation_runs(),
     localrule: True
     message:
-        f"Done. Backbone ablation table: {TABLES}/backbone_ablations.md (.csv, .tex)"
+        f"Done. Backbone ablation table: {TABLES}/backbone_ablations.md (.csv, .tex, .html)"

@@ -455,10 +455,53 @@ TABLE_RECORDS = runs(FMA_JSON, BACKBONES) + runs(PROBE_JSON, BACKBONES)
 TABLE_FILES = [
     f"{TABLES}/{name}.{ext}"
     for name in ("fewshot", "plugplay")
-    for ext in ("md", "csv", "tex")
+    for ext in ("md", "csv", "tex", "html")
 ]
 TABLE_FILES.append(f"{TABLES}/curves.png")
-ABLATION_TABLE_FILES = [f"{TABLES}/ablations.{ext}" for ext in ("md", "csv", "tex")]
-BACKBONE_ABLATION_TABLE_FILES = [
-    f"{TABLES}/backbone_ablations.{ext}" for ext in ("md", "csv", "tex")
+ABLATION_TABLE_FILES = [
+    f"{TABLES}/ablations.{ext}" for ext in ("md", "csv", "tex", "html")
 ]
+BACKBONE_ABLATION_TABLE_FILES = [
+    f"{TABLES}/backbone_ablations.{ext}" for ext in ("md", "csv", "tex", "html")
+]
+
+
+# ---------------------------------------------------------------- report
+
+# What `snakemake --report report.html` shows: each table's HTML page and the figure, with a caption
+# (workflow/report/, rendered with the job's config) and the menu entry it is listed under. Snakemake
+# shows HTML and images but not Markdown; the CSV, Markdown and LaTeX stay in results/tables/.
+REPORT_ITEMS = {  # file name: (caption, category, subcategory, its name in the list)
+    "fewshot.html": ("fewshot.rst", "Few-shot results", None, "test accuracy tables"),
+    "curves.png": ("curves.rst", "Few-shot results", None, "accuracy vs Euler step"),
+    "plugplay.html": ("plugplay.rst", "Plug-and-play", None, "plug-and-play tables"),
+    "ablations.html": ("ablations.rst", "Ablations", "FMA", "FMA variants"),
+    "backbone_ablations.html": (
+        "backbone_ablations.rst",
+        "Ablations",
+        "Backbone recipe",
+        "backbone recipe variants",
+    ),
+}
+
+
+def reported(paths):
+    """A table rule's outputs, those the report shows flagged for it."""
+    out = []
+    for path in paths:
+        item = REPORT_ITEMS.get(os.path.basename(path))
+        if item is None:
+            out.append(path)
+            continue
+        caption, category, subcategory, name = item
+        # A caption path is relative to the file of the rule that uses it (rules/*.smk). (A line
+        # starting with `report(` would be read by snakefmt as the report directive.)
+        flagged = report(
+            path,
+            caption=f"../report/{caption}",
+            category=category,
+            subcategory=subcategory,
+            labels={"result": name},
+        )
+        out.append(flagged)
+    return out

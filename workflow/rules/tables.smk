@@ -1,12 +1,13 @@
-# Result tables (CSV, Markdown, LaTeX) and the accuracy-vs-Euler-step figure, from every run's
-# result record, whatever the method (pipeline/report/).
+# Result tables (CSV, Markdown, LaTeX, HTML) and the accuracy-vs-Euler-step figure, from every run's
+# result record, whatever the method (pipeline/report/). The HTML tables and the figure are flagged
+# for `snakemake --report` (REPORT_ITEMS in rules/common.smk).
 
 
 rule make_tables:
     input:
         records=TABLE_RECORDS,
     output:
-        TABLE_FILES,
+        reported(TABLE_FILES),
     log:
         f"{RESULTS}/logs/make_tables.log",
     localrule: True

@@ -133,3 +133,13 @@ def test_the_paper_preset_plans_the_papers_grid(tmp_path: Path) -> None:
     assert groups["difficult"] == ["fgvc_aircraft", "eurosat", "dtd", "sun397", "stanford_cars"]
     assert sorted(groups["difficult"] + groups["easy"]) == sorted(config["datasets"])
     assert config["ablations"]["shots"] == [16] and config["ablations"]["datasets"] == config["datasets"]
+
+
+def test_a_half_of_a_datasets_classes_is_a_dataset_name() -> None:
+    config = load(datasets=["demo_digits@base"], groups={"difficult": ["demo_digits@base"]})
+    assert config["datasets"] == ["demo_digits@base"]
+    with pytest.raises(InputError) as err:
+        load(datasets=["demo_digits@novel"])
+    assert str(err.value) == (
+        "key 'datasets': dataset 'demo_digits@novel': unknown part 'novel' (choose from base, new)"
+    )

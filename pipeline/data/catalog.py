@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -201,10 +202,21 @@ def list_demo_datasets() -> list[str]:
 def get_dataset_info(name: str) -> DatasetInfo:
     """Look up a dataset by registry name.
 
+    ``<dataset>@base`` and ``<dataset>@new`` name the two halves of its classes (base-to-new,
+    ``pipeline.data.protocols``): the same entry under that name.
+
     Raises:
-        InputError: unknown name (the message lists the valid names).
+        InputError: unknown name (the message lists the valid names) or part.
     """
+    from pipeline.data.protocols import SEPARATOR, split_name
+
+    dataset, part = split_name(name)
     try:
-        return DATASETS[name]
+        info = DATASETS[dataset]
     except KeyError:
         raise InputError(f"unknown dataset {name!r} (valid: {', '.join(list_datasets())})") from None
+    if part is None:
+        return info
+    if info.test_only:
+        raise InputError(f"dataset {name!r}: {dataset} is test-only, it has no classes to train on")
+    return dataclasses.replace(info, name=f"{dataset}{SEPARATOR}{part}")

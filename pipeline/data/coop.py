@@ -159,6 +159,12 @@ def load_dataset(name: str, data_root: Path) -> DatasetSplits:
         InputError: unknown dataset; missing data root, dataset folder or split file; an invalid
             split file (one line naming it and the entry, line or folder at fault).
     """
+    from pipeline.data.protocols import split_name, subset_classes
+
+    dataset, part = split_name(name)
+    if part is not None:
+        get_dataset_info(name)  # refuses a half of a test-only dataset
+        return subset_classes(load_dataset(dataset, data_root), part)
     info = get_dataset_info(name)
     data_root = Path(data_root)
     if not data_root.is_dir():

@@ -95,6 +95,14 @@ def sample_fewshot(splits: DatasetSplits, shot: int, seed: int, sampler: str = "
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     if sampler not in SAMPLERS:
         raise InputError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
+    if splits.whole is not None:  # one half of the classes: CoCoOp draws on the whole dataset first
+        from pipeline.data.protocols import restrict_items
+
+        drawn = sample_fewshot(splits.whole, shot, seed, sampler)
+        half = FewShotSplit(
+            restrict_items(drawn.train, splits), restrict_items(drawn.val, splits), drawn.checked_against
+        )
+        return _logged(splits, shot, seed, half)
     if sampler == "dassl":
         return _sample_dassl(splits, shot, seed)
     rng = np.random.default_rng(seed)

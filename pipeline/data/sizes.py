@@ -61,8 +61,9 @@ def smallest_train_class(dataset: str, data_root: Path | str, cap: int | None = 
     Raises:
         InputError: the dataset's files exist but are invalid (the message names the file).
     """
-    if dataset in DEMO_SMALLEST_TRAIN_CLASS:
-        smallest = DEMO_SMALLEST_TRAIN_CLASS[dataset]
+    whole = dataset.split("@", 1)[0]  # a half of the classes: its smallest class is at least the whole's
+    if whole in DEMO_SMALLEST_TRAIN_CLASS:
+        smallest = DEMO_SMALLEST_TRAIN_CLASS[whole]
         return smallest if cap is None else min(smallest, cap)
     from pipeline.data.catalog import get_dataset_info
     from pipeline.data.coop import load_dataset

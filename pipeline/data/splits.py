@@ -32,7 +32,8 @@ class DatasetSplits:
         split_files: per split, the file that lists it where that is not ``split_path``
             (FGVCAircraft's ``images_variant_<split>.txt``).
         parent_labels: for a test-only variant of another dataset, the label in that dataset of each
-            class (ImageNet-A's class ``c`` is ImageNet's class ``parent_labels[c]``); else ``None``.
+            class (ImageNet-A's class ``c`` is ImageNet's class ``parent_labels[c]``); for one half
+            of a dataset's classes, the label of each class in the whole dataset; else ``None``.
     """
 
     name: str
@@ -45,6 +46,9 @@ class DatasetSplits:
     folder: Path | None = None
     split_files: dict[str, Path] = field(default_factory=dict)
     parent_labels: tuple[int, ...] | None = None
+    # For one half of a dataset's classes (``<dataset>@base``, ``pipeline.data.protocols``): the whole
+    # dataset, on which the few-shot images are drawn before they are restricted to the half.
+    whole: DatasetSplits | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:

@@ -37,6 +37,7 @@ from pipeline.core.config import (
 from pipeline.core.errors import InputError
 from pipeline.data.catalog import get_dataset_info, list_datasets
 from pipeline.data.fewshot import SAMPLERS
+from pipeline.data.protocols import whole_name
 from pipeline.data.sizes import smallest_train_class
 
 
@@ -214,19 +215,19 @@ def _load(config: Mapping[str, Any], schema_path: Path, presets_dir: Path) -> di
             raise InputError(f"key '{key}': {config[key]!r} is the filesystem root; name a folder")
     known = set(list_datasets())
     for name in config["datasets"]:
-        if name.split("@", 1)[0] not in known:
+        if whole_name(name) not in known:
             raise InputError(f"key 'datasets': unknown dataset '{name}' (known: {', '.join(sorted(known))})")
         try:
-            get_dataset_info(name)  # a half of a dataset's classes: '<dataset>@base' or '@new'
+            info = get_dataset_info(name)  # a half of a dataset's classes: '<dataset>@base' or '@new'
         except InputError as err:
             raise InputError(f"key 'datasets': {err}") from None
-        if get_dataset_info(name).test_only:
+        if info.test_only:
             raise InputError(
                 f"key 'datasets': '{name}' is test-only (no train split to sample few-shot runs from)"
             )
     for group, names in config["groups"].items():
         for name in names:
-            if name.split("@", 1)[0] not in known:
+            if whole_name(name) not in known:
                 raise InputError(f"key 'groups.{group}': unknown dataset '{name}'")
     valid = ", ".join(BACKBONES)
     for name in config["backbones"]:

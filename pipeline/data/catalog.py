@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from pipeline.core.errors import InputError
+from pipeline.data.protocols import SEPARATOR, split_name
 
 # How a dataset's splits are read (``pipeline.data.coop.load_dataset`` dispatches on it):
 #   coop_json: CoOp's split JSON listing [relative path, label, class name] per split;
@@ -208,8 +209,6 @@ def get_dataset_info(name: str) -> DatasetInfo:
     Raises:
         InputError: unknown name (the message lists the valid names) or part.
     """
-    from pipeline.data.protocols import SEPARATOR, split_name
-
     dataset, part = split_name(name)
     try:
         info = DATASETS[dataset]

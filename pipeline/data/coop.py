@@ -16,6 +16,7 @@ from pipeline.core.errors import InputError
 from pipeline.data.catalog import DatasetInfo, get_dataset_info
 from pipeline.data.fgvc import read_fgvc
 from pipeline.data.imagenet import read_imagenet, read_index_folders, read_wnid_folders
+from pipeline.data.protocols import split_name, subset_classes
 
 # The types every reader returns, imported from here by the rest of the pipeline.
 from pipeline.data.splits import SPLITS, DatasetSplits, Item
@@ -159,8 +160,6 @@ def load_dataset(name: str, data_root: Path) -> DatasetSplits:
         InputError: unknown dataset; missing data root, dataset folder or split file; an invalid
             split file (one line naming it and the entry, line or folder at fault).
     """
-    from pipeline.data.protocols import split_name, subset_classes
-
     dataset, part = split_name(name)
     if part is not None:
         get_dataset_info(name)  # refuses a half of a test-only dataset

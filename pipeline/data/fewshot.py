@@ -16,6 +16,7 @@ from pipeline.core.errors import InputError
 from pipeline.core.versions import SAMPLING_VERSION  # bump it when the sampling below changes its draws
 from pipeline.data.coop import DatasetSplits, Item
 from pipeline.data.coop_pickle import check_coop_pickle, coop_pickle_path
+from pipeline.data.protocols import restrict_items
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,6 @@ def sample_fewshot(splits: DatasetSplits, shot: int, seed: int, sampler: str = "
     if sampler not in SAMPLERS:
         raise InputError(f"unknown sampler {sampler!r} (choose from {', '.join(SAMPLERS)})")
     if splits.whole is not None:  # one half of the classes: CoCoOp draws on the whole dataset first
-        from pipeline.data.protocols import restrict_items
-
         drawn = sample_fewshot(splits.whole, shot, seed, sampler)
         half = FewShotSplit(
             restrict_items(drawn.train, splits), restrict_items(drawn.val, splits), drawn.checked_against

@@ -39,6 +39,11 @@ def split_name(name: str) -> tuple[str, str | None]:
     return dataset, part
 
 
+def whole_name(name: str) -> str:
+    """The dataset a (possibly half-) dataset name belongs to: ``"dtd@base"`` -> ``"dtd"``."""
+    return name.split(SEPARATOR, 1)[0]
+
+
 def part_classes(num_classes: int, part: str) -> list[int]:
     """Label ids of one half, in order: base = the first ceil(n / 2), new = the rest."""
     cut = math.ceil(num_classes / 2)

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from pipeline.data.protocols import whole_name
+
 # name: (classes, test images)
 SIZES: dict[str, tuple[int, int]] = {
     "imagenet": (1000, 50000),
@@ -61,7 +63,7 @@ def smallest_train_class(dataset: str, data_root: Path | str, cap: int | None = 
     Raises:
         InputError: the dataset's files exist but are invalid (the message names the file).
     """
-    whole = dataset.split("@", 1)[0]  # a half of the classes: its smallest class is at least the whole's
+    whole = whole_name(dataset)  # a half of the classes: its smallest class is at least the whole's
     if whole in DEMO_SMALLEST_TRAIN_CLASS:
         smallest = DEMO_SMALLEST_TRAIN_CLASS[whole]
         return smallest if cap is None else min(smallest, cap)

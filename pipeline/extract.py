@@ -52,12 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reuse-fewshot", type=Path, help="few-shot cache of the backbone this one reuses")
     run.add_argument("--reuse-test", type=Path, help="test cache of the backbone this one reuses")
     run.add_argument("--test-out", type=Path, help="the run's own test cache (image side changed)")
+    add_encoding_arguments(p)
+    p.add_argument("--out", type=Path, required=True, help="the test cache, or the run's few-shot cache")
+    return p
+
+
+def add_encoding_arguments(p: argparse.ArgumentParser) -> None:
+    """The runtime arguments of a stage that runs the encoders (speed only, never the results)."""
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=256, help="views per encoder batch")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--out", type=Path, required=True, help="the test cache, or the run's few-shot cache")
-    return p
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -68,7 +73,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _templates(cfg: dict[str, Any]) -> list[str]:
+def config_templates(cfg: dict[str, Any]) -> list[str]:
+    """The config slice's prompt templates (a list of strings)."""
     templates = cfg.get("templates", [])
     if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
         raise InputError("config key 'templates': expected a list of strings")
@@ -112,7 +118,7 @@ def extract_run(args: argparse.Namespace, cfg: dict[str, Any], runtime: RuntimeC
     spec = get_spec(args.backbone)
     device = resolve_device(runtime.device)
     encoder_cfg = from_dict(EncoderConfig, cfg["encoder"], "encoder.")
-    templates = _templates(cfg)
+    templates = config_templates(cfg)
     splits = load_dataset(args.dataset, args.data_root)
     fewshot = read_split_file(args.split_file, splits, shot=args.shot, seed=args.seed)
     run = {"dataset": args.dataset, "shot": args.shot, "seed": args.seed}

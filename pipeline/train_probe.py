@@ -12,7 +12,7 @@ from threadpoolctl import threadpool_limits
 from pipeline.core.cli import add_cache_arguments, guarded, load_cached_run, parse_json_arg, setup_logging
 from pipeline.core.config import ProbeConfig, from_dict
 from pipeline.core.errors import InputError
-from pipeline.methods.linear_probe import evaluate, fit_probe
+from pipeline.methods.linear_probe import evaluate, fit_probe, save_probe
 from pipeline.report.records import Result, build_record, write_record
 
 log = logging.getLogger("pipeline.train_probe")
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="{}", help="JSON: the probe config slice (ProbeConfig)")
     p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads")
     p.add_argument("--out", required=True, help="result record (JSON)")
+    p.add_argument("--weights", default=None, help="also write the probe's weights here (.npz)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             "search": [list(h) for h in result.history],
         },
     )
+    if args.weights:  # before the record: the record is the rule's completion marker
+        save_probe(args.weights, result.classifier, feats.classnames)
     write_record(args.out, record)
     log.info("wrote %s", args.out)
     return 0

@@ -36,11 +36,17 @@ IMAGENET_VARIANTS = ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r
 def test_registry_holds_the_coop_and_demo_datasets():
     names = list_datasets()
     assert names == sorted(names)
-    assert set(names) == set(COOP_DATASETS) | set(IMAGENET_VARIANTS) | {"demo_digits", "demo_fashion"}
-    assert list_demo_datasets() == ["demo_digits", "demo_fashion"]
+    assert set(names) == set(COOP_DATASETS) | set(IMAGENET_VARIANTS) | {
+        "demo_digits",
+        "demo_fashion",
+        "demo_fashion_v2",
+    }
+    assert list_demo_datasets() == ["demo_digits", "demo_fashion", "demo_fashion_v2"]
     for name in COOP_DATASETS + IMAGENET_VARIANTS:
         assert get_dataset_info(name).source is None
-    assert [name for name in names if get_dataset_info(name).test_only] == sorted(IMAGENET_VARIANTS)
+    assert [name for name in names if get_dataset_info(name).test_only] == sorted(
+        ["demo_fashion_v2", *IMAGENET_VARIANTS]
+    )
 
 
 def test_every_reader_kind_has_a_reader():

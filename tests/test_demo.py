@@ -119,7 +119,10 @@ def test_every_demo_dataset_has_a_builder():
 def test_build_demo_refuses_a_non_demo_dataset(tmp_path, capsys):
     assert build_demo.main(["--dataset", "dtd", "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "dataset 'dtd' is not a demo dataset (demo datasets: demo_digits, demo_fashion)" in err
+    assert (
+        "dataset 'dtd' is not a demo dataset (demo datasets: demo_digits, demo_fashion, demo_fashion_v2)"
+        in err
+    )
     assert len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
     assert build_demo.main(["--dataset", "nope", "--data-root", str(tmp_path)]) == 2
@@ -169,3 +172,20 @@ def test_fashion_build(tmp_path):
         img = load_image(resolve_image(splits, item))
         assert img.size == (28, 28)
         np.testing.assert_array_equal(np.asarray(img)[:, :, 1], images[index])
+
+
+def test_fashion_v2_is_a_new_test_set_of_fashions_classes(tmp_path):
+    """demo_fashion_v2 (ImageNet-V2's layout, test only): demo_fashion's classes, 200 t10k images
+    per class, none of them in any of demo_fashion's splits."""
+    from pipeline.data.coop import load_dataset
+
+    for name in ("demo_fashion", "demo_fashion_v2"):
+        build_demo_dataset(name, tmp_path / get_dataset_info(name).folder)
+    fashion = load_dataset("demo_fashion", tmp_path)
+    v2 = load_dataset("demo_fashion_v2", tmp_path)
+    assert get_dataset_info("demo_fashion_v2").test_only and not v2.train and not v2.val
+    assert v2.classnames == fashion.classnames
+    assert [sum(it.label == c for it in v2.test) for c in range(10)] == [200] * 10
+    index = lambda items: {int(Path(it.path).stem) for it in items}  # noqa: E731  (t10k positions)
+    used = index(fashion.train) | index(fashion.val) | index(fashion.test)
+    assert len(index(v2.test)) == 2000 and not index(v2.test) & used

@@ -98,8 +98,7 @@ def test_fma_at_m0_is_the_backbones_own_prediction(finished_run: Path, backbone:
     from pipeline.backbones.encoder import load_encoder
     from pipeline.backbones.loading import build_backbone, load_trained_backbone
     from pipeline.core.config import EncoderConfig
-    from pipeline.data.coop import load_dataset, resolve_image
-    from pipeline.data.images import load_image
+    from pipeline.data.coop import load_dataset
     from pipeline.features.cache import read_attrs
 
     results, run = finished_run / TINY["results"], "demo_digits/2shot_seed1"
@@ -111,6 +110,18 @@ def test_fma_at_m0_is_the_backbones_own_prediction(finished_run: Path, backbone:
         model = build_backbone("zeroshot", encoder, splits.classnames, templates, {}, encoder.dim)
     else:
         model = load_trained_backbone(results / f"backbones/{backbone}/{run}.pt", cpu, {}, encoder=encoder)
+    record = json.loads((results / f"fma/{backbone}/{run}.json").read_text())
+    assert_accuracy_end_to_end(model, encoder, splits, record["curves"]["test_acc"][0])
+
+
+def assert_accuracy_end_to_end(model, encoder, splits, accuracy: float) -> None:
+    """``accuracy`` is the model's test accuracy on ``splits``, computed here from the test images
+    through the (trained) model, not from any cache."""
+    import torch
+
+    from pipeline.data.coop import resolve_image
+    from pipeline.data.images import load_image
+
     images = torch.stack([encoder.preprocess(load_image(resolve_image(splits, it))) for it in splits.test])
     labels = torch.tensor([it.label for it in splits.test])
     with torch.no_grad():
@@ -122,9 +133,66 @@ def test_fma_at_m0_is_the_backbones_own_prediction(finished_run: Path, backbone:
     tied = (top2[:, 0] - top2[:, 1]) < 1e-5 * model.logit_scale  # cosines within 1e-5
     low = 100.0 * (right & ~tied).double().mean().item()
     high = 100.0 * (right | tied).double().mean().item()
-    record = json.loads((results / f"fma/{backbone}/{run}.json").read_text())
-    assert low - 1e-6 <= record["curves"]["test_acc"][0] <= high + 1e-6, (low, high, int(tied.sum()))
+    assert low - 1e-6 <= accuracy <= high + 1e-6, (low, high, int(tied.sum()))
     assert int(tied.sum()) <= 0.02 * len(labels)
+
+
+@pytest.fixture(scope="module")
+def protocols_run(finished_run: Path) -> Path:
+    jobs = planned_jobs(snakemake(finished_run, "-n", "protocols", config=TINY))
+    # 6 backbones x 3 (source, target) pairs; the probe on the DG target only; new source runs on
+    # the base half and on demo_fashion (the DG source), whose 2-shot runs the grid lacks.
+    assert jobs["extract_transfer"] == jobs["transfer_fma"] == 18 and jobs["transfer_probe"] == 6, jobs
+    assert jobs["train_fma"] == 12 and jobs["make_protocol_table"] == 3, jobs
+    result = snakemake(finished_run, "protocols", config=TINY)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return finished_run
+
+
+def test_protocols_write_their_tables_and_rerun_nothing(protocols_run: Path) -> None:
+    tables = protocols_run / TINY["results"] / "tables"
+    b2n = (tables / "base_to_new.md").read_text()
+    assert "## demo_digits, 2 shots" in b2n and "| Method | Base | New | H |" in b2n
+    probe_row = next(line for line in b2n.splitlines() if line.startswith("| CoOp + linear probe |"))
+    assert probe_row.endswith("| – | – |"), probe_row  # no probe on new classes
+    cross = (tables / "cross_dataset.md").read_text()
+    assert "| Method | Source: demo_digits | demo_fashion | Average |" in cross
+    dg = (tables / "domain_generalization.md").read_text()
+    probe_row = next(line for line in dg.splitlines() if line.startswith("| CLIP-LoRA + linear probe |"))
+    assert "–" not in probe_row, probe_row  # same classes: the probe applies
+    assert planned_jobs(snakemake(protocols_run, "-n", "protocols", config=TINY)) == {}
+
+
+@pytest.mark.parametrize("backbone", TINY["backbones"])
+def test_a_transfer_scores_the_runs_backbone_on_the_new_classes(protocols_run: Path, backbone: str) -> None:
+    """The transfer record's backbone accuracy on demo_digits@new is the base-trained backbone,
+    rebuilt for the new class names, run end to end on the new half's test images; its FMA reads
+    the M its run chose on the base half's val split."""
+    import torch
+
+    from pipeline.backbones.encoder import load_encoder
+    from pipeline.backbones.loading import build_backbone, load_for_classes
+    from pipeline.core.config import EncoderConfig
+    from pipeline.data.coop import load_dataset
+
+    results, run = protocols_run / TINY["results"], "demo_digits@base/2shot_seed1"
+    cpu = torch.device("cpu")
+    encoder = load_encoder(EncoderConfig(TINY["encoder"]["model"], None), cpu)
+    new = load_dataset("demo_digits@new", protocols_run / TINY["data_root"])
+    templates = ["a photo of the digit {}."]
+    if backbone == "zeroshot":
+        model = build_backbone("zeroshot", encoder, new.classnames, templates, {}, encoder.dim)
+    else:
+        expect = {"backbone": backbone, "dataset": "demo_digits@base", "shot": 2, "seed": 1}
+        path = results / f"backbones/{backbone}/{run}.pt"
+        model = load_for_classes(path, cpu, expect, new.classnames, templates, encoder)
+    record = json.loads((results / f"transfer/fma/{backbone}/{run}/demo_digits@new.json").read_text())
+    by_method = {r["method"]: r for r in record["results"]}
+    assert_accuracy_end_to_end(model, encoder, new, by_method["backbone"]["test_acc"])
+    source = json.loads((results / f"fma/{backbone}/{run}.json").read_text())
+    m = source["info"]["selected_m"]
+    assert by_method["fma"]["info"]["m"] == m and record["info"]["source"] == "demo_digits@base"
+    assert by_method["fma"]["test_acc"] == record["curves"]["test_acc"][m]
 
 
 @pytest.fixture(scope="module")

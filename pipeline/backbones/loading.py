@@ -41,6 +41,8 @@ def load_trained_backbone(
     device: torch.device,
     expect: Mapping[str, Any],
     encoder: Encoder | None = None,
+    classnames: Sequence[str] | None = None,
+    templates: Sequence[str] | None = None,
 ) -> Backbone:
     """Rebuild the backbone saved at ``path`` (``save_backbone``), in eval mode on ``device``.
 
@@ -48,6 +50,9 @@ def load_trained_backbone(
         expect: values the checkpoint must hold (backbone, dataset, shot, seed, classnames, ...).
         encoder: the open_clip model to wrap; None loads the checkpoint's (model, pretrained), or
             none at all for a backbone that needs no encoder (it then needs ``use_texts``).
+        classnames, templates: rebuild it for other classes (and prompts) than it trained on: the
+            transfer protocols (docs/protocol.md). Every trained parameter must still fit: a
+            parameter with one row per class would fail the shape check (named).
 
     Raises:
         InputError: an unreadable file, or one trained for another method, run or set of classes,
@@ -62,9 +67,34 @@ def load_trained_backbone(
             EncoderConfig(payload.get("model", ""), payload.get("pretrained") or None), device
         )
     backbone = build_backbone(
-        name, encoder, payload["classnames"], payload["templates"], payload["config"], int(payload["dim"])
+        name,
+        encoder,
+        payload["classnames"] if classnames is None else classnames,
+        payload["templates"] if templates is None else templates,
+        payload["config"],
+        int(payload["dim"]),
     )
     if encoder is None and "logit_scale" in payload:  # no model to read it from: the one it trained with
         backbone.logit_scale = float(payload["logit_scale"])
     backbone.load_trained_state(payload["state"], str(path))
     return backbone.to(device).eval()
+
+
+def load_for_classes(
+    path: str | os.PathLike,
+    device: torch.device,
+    expect: Mapping[str, Any],
+    classnames: Sequence[str],
+    templates: Sequence[str],
+    encoder: Encoder | None = None,
+) -> Backbone:
+    """A trained backbone rebuilt for another set of classes (a transfer target, docs/protocol.md).
+
+    A prompt learner (registry ``changes == "text"``) keeps the prompts it learned, so it keeps the
+    templates it trained with (its context replaces them); every other backbone prompts the new
+    classes with ``templates``, the target dataset's, as zero-shot CLIP would.
+    """
+    payload_templates = None if get_spec(str(expect["backbone"])).changes == "text" else templates
+    return load_trained_backbone(
+        path, device, expect, encoder=encoder, classnames=classnames, templates=payload_templates
+    )

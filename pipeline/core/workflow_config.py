@@ -37,8 +37,11 @@ from pipeline.core.config import (
 from pipeline.core.errors import InputError
 from pipeline.data.catalog import get_dataset_info, list_datasets
 from pipeline.data.fewshot import SAMPLERS
-from pipeline.data.protocols import whole_name
+from pipeline.data.protocols import SEPARATOR, whole_name
 from pipeline.data.sizes import smallest_train_class
+
+# The protocols that score a run on another class set (docs/protocol.md), in table order.
+TRANSFER_PROTOCOLS = ("base_to_new", "cross_dataset", "domain_generalization")
 
 
 def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,6 +207,11 @@ def _load(config: Mapping[str, Any], schema_path: Path, presets_dir: Path) -> di
                 config[key]["datasets"] = list(config["datasets"])
             if "shots" not in config[key] and isinstance(config.get("shots"), list) and config["shots"]:
                 config[key]["shots"] = [max(config["shots"], key=lambda s: s if isinstance(s, int) else 0)]
+    largest = max((x for x in config.get("shots", []) if isinstance(x, int)), default=None)
+    for name in TRANSFER_PROTOCOLS:
+        section = config.get("protocols", {}).get(name) if isinstance(config.get("protocols"), dict) else None
+        if isinstance(section, dict) and "shots" not in section and largest is not None:
+            section["shots"] = [largest]
     _check_finite(config, "")
     _schema_errors(config, schema)
     if config["sampler"] not in SAMPLERS:
@@ -274,7 +282,55 @@ def _load(config: Mapping[str, Any], schema_path: Path, presets_dir: Path) -> di
     _check_shots(
         ablations.get("shots", []), ablations.get("datasets", []), config["data_root"], "ablations.shots"
     )
+    _check_protocols(config, known)
     return config
+
+
+def _check_protocols(config: Mapping[str, Any], known: set[str]) -> None:
+    """Every protocol's datasets known; sources have classes to train on; targets differ from them."""
+    protocols = config.get("protocols", {})
+    for name in protocols.get("base_to_new", {}).get("datasets", []):
+        key = "protocols.base_to_new.datasets"
+        if name not in known:
+            raise InputError(f"key '{key}': unknown dataset '{name}' (name the whole dataset, e.g. 'dtd')")
+        if get_dataset_info(name).test_only:
+            raise InputError(f"key '{key}': '{name}' is test-only (it has no classes to train on)")
+    for protocol in TRANSFER_PROTOCOLS[1:]:
+        section = protocols.get(protocol)
+        if not section:
+            continue
+        source = section["source"]
+        for key, name in [("source", source), *(("targets", t) for t in section["targets"])]:
+            try:
+                info = get_dataset_info(name)
+            except InputError as err:
+                raise InputError(f"key 'protocols.{protocol}.{key}': {err}") from None
+            if key == "source" and info.test_only:
+                raise InputError(
+                    f"key 'protocols.{protocol}.source': '{name}' is test-only (nothing to train on)"
+                )
+        if source in section["targets"]:
+            raise InputError(f"key 'protocols.{protocol}.targets': '{source}' is the source itself")
+    for protocol, section in protocols.items():
+        if protocol in TRANSFER_PROTOCOLS and section:
+            sources = [source for source, _ in protocol_transfers(config, protocol)]
+            _check_shots(
+                section["shots"], sorted(set(sources)), config["data_root"], f"protocols.{protocol}.shots"
+            )
+
+
+def protocol_transfers(config: Mapping[str, Any], protocol: str) -> list[tuple[str, str]]:
+    """(source, target) dataset pairs of one configured protocol, in config order (none if absent).
+
+    base_to_new: ``<d>@base`` -> ``<d>@new`` for each of its datasets; cross_dataset and
+    domain_generalization: the source -> each target.
+    """
+    section = config.get("protocols", {}).get(protocol)
+    if not section:
+        return []
+    if protocol == "base_to_new":
+        return [(f"{d}{SEPARATOR}base", f"{d}{SEPARATOR}new") for d in section["datasets"]]
+    return [(section["source"], target) for target in section["targets"]]
 
 
 def _check_backbone_ablations(config: Mapping[str, Any]) -> None:
@@ -353,7 +409,7 @@ def templates_for(config: Mapping[str, Any], backbone: str, dataset: str) -> lis
     own = getattr(cfg, "templates", None)
     if own:
         return list(own)
-    return list(config.get("templates", {}).get(dataset) or get_dataset_info(dataset).templates)
+    return list(config.get("templates", {}).get(whole_name(dataset)) or get_dataset_info(dataset).templates)
 
 
 def extraction_slice(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:

@@ -185,6 +185,17 @@ _DATASETS = (
         crop_scale=(0.5, 1.0),
         hflip=True,
     ),
+    # demo_fashion's new test set, in ImageNet-V2's layout: 200 more t10k images per class that
+    # demo_fashion's splits do not use (the demo's domain-generalization target; test only).
+    DatasetInfo(
+        "demo_fashion_v2",
+        "demo_fashion_v2",
+        "images",
+        "classnames.txt",
+        ("a photo of a {}, a type of clothing.",),
+        source="fashion-mnist-t10k-v2",
+        reader="index_folders",
+    ),
 )
 
 DATASETS: Mapping[str, DatasetInfo] = MappingProxyType({info.name: info for info in _DATASETS})

@@ -34,6 +34,7 @@ SIZES: dict[str, tuple[int, int]] = {
     "imagenet_r": (200, 30000),
     "demo_digits": (10, 540),
     "demo_fashion": (10, 2000),
+    "demo_fashion_v2": (10, 2000),
 }
 # Train images of the smallest class, as pipeline.demo.datasets builds the demo sets: digits split
 # 50 / 20 / 30 per class (its smallest class, 174 images, keeps 87); fashion 200 per class.

@@ -49,6 +49,8 @@ FASHION_CLASSNAMES = (
 )
 # Images per class in train, val and test (a class-balanced subset of the 1,000 per class in t10k).
 FASHION_COUNTS = (200, 50, 200)
+# Images per class of demo_fashion_v2, drawn from the 550 per class that demo_fashion leaves out.
+FASHION_V2_PER_CLASS = 200
 
 # Source indices of the images in each split: {"train": [...], "val": [...], "test": [...]}.
 Split = dict[str, list[int]]
@@ -149,10 +151,24 @@ def _build_fashion() -> SourceData:
     return images, labels, FASHION_CLASSNAMES, split_by_count(labels, FASHION_COUNTS, DEMO_SEED)
 
 
+def _build_fashion_v2() -> SourceData:
+    """demo_fashion's classes, ``FASHION_V2_PER_CLASS`` t10k images per class that none of
+    demo_fashion's splits holds (a new test set, as ImageNet-V2 is ImageNet's)."""
+    images, labels = load_fashion_images()
+    used = {i for part in split_by_count(labels, FASHION_COUNTS, DEMO_SEED).values() for i in part}
+    rng = np.random.default_rng(DEMO_SEED + 1)
+    test: list[int] = []
+    for c in range(int(labels.max()) + 1):
+        free = np.array([i for i in np.flatnonzero(labels == c) if i not in used])
+        test += sorted(rng.choice(free, FASHION_V2_PER_CLASS, replace=False).tolist())
+    return images, labels, FASHION_CLASSNAMES, {"train": [], "val": [], "test": test}
+
+
 # Keyed by ``DatasetInfo.source``.
 SOURCES: dict[str, Callable[[], SourceData]] = {
     "sklearn-digits": _build_digits,
     "fashion-mnist-t10k": _build_fashion,
+    "fashion-mnist-t10k-v2": _build_fashion_v2,
 }
 
 
@@ -172,7 +188,8 @@ def save_png(array: np.ndarray, path: Path) -> None:
 
 
 def build_demo_dataset(name: str, out_dir: Path) -> Path:
-    """Write a demo dataset's folder ``out_dir`` in CoOp's layout; return its split file's path.
+    """Write a demo dataset's folder ``out_dir`` in CoOp's layout (a test-only one in ImageNet-V2's:
+    ``images/<label>/<index>.png`` and ``classnames.txt``); return its split file's path.
 
     Images go to ``out_dir/images/<classname>/<index>.png`` (``index`` = position in the source
     data, class names with underscores for spaces as CoOp writes them), the split file to
@@ -189,7 +206,8 @@ def build_demo_dataset(name: str, out_dir: Path) -> Path:
             f"dataset {name!r} is not a demo dataset (demo datasets: {', '.join(list_demo_datasets())})"
         )
     images, labels, classnames, split = SOURCES[info.source]()
-    folder_names = [c.replace(" ", "_") for c in classnames]
+    by_index = info.reader == "index_folders"  # ImageNet-V2's layout: a folder per label, classnames.txt
+    folder_names = [str(c) if by_index else name.replace(" ", "_") for c, name in enumerate(classnames)]
     out_dir = Path(out_dir)
     n_images = sum(len(v) for v in split.values())
     with atomic_path(out_dir, is_dir=True) as tmp:
@@ -206,7 +224,11 @@ def build_demo_dataset(name: str, out_dir: Path) -> Path:
                     save_png(images[index], image_root / rel)
                     entries[key].append([rel, label, folder_names[label]])
                     bar.update()
-        (tmp / info.split_file).write_text(format_split_json(entries))
+        if by_index:  # "<id> <class name>" per line, ids in sorted order as the reader wants
+            lines = [f"c{c:03d} {name}" for c, name in enumerate(classnames)]
+            (tmp / info.split_file).write_text("\n".join(lines) + "\n")
+        else:
+            (tmp / info.split_file).write_text(format_split_json(entries))
     log.info(
         "built %s in %s: %d classes, %d train / %d val / %d test images",
         name,

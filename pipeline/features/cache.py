@@ -23,6 +23,18 @@ Two kinds of file, both written to a temporary name and renamed (see ``pipeline.
       /text/features   (C, D)    float32, L2-normalised class text features (absent with targets)
       /classnames      bytes     JSON list of C names
 
+* a **transfer file**, one per trained backbone run (backbone, dataset, shot, seed) and target
+  dataset it is evaluated on (base-to-new's new half, cross-dataset, domain generalization;
+  docs/protocol.md): the backbone rebuilt for the target's class names::
+
+      /test/features   (Nt, D) only when the backbone changes the image side; otherwise stage 2
+      /test/labels              reads the target's test file of the image source
+      /test/paths
+      /text/features   (C, D)  the target's class texts (absent for per-image texts)
+      /classnames      bytes   JSON list of the target's C names
+
+  Its ``dataset`` attribute is the target; ``source`` names the dataset the run trained on.
+
 Nothing in the file is an HDF5 variable-length string: the HDF5 library keeps those in a "global
 heap", and 16 damaged bytes there make it spin forever at 100 % CPU (in reading a dataset or an
 attribute alike). Lists of strings are UTF-8 JSON in uint8 arrays; attribute strings are fixed-length
@@ -74,6 +86,7 @@ ATTRIBUTE_KEYS = (
 FEWSHOT_KEYS = ("shot", "seed", "n_views", "templates", "text_kind")
 TEXT_KINDS = ("static", "per_image")  # one (C, D) matrix, or per-image texts (/train/targets)
 RUN_KEYS = ("shot", "seed")  # a per-run test file records its run
+TRANSFER_KEYS = ("source", "shot", "seed", "templates", "text_kind", "has_test", "parent_labels")
 OPTIONAL_KEYS = ("forwards",)  # images and prompts the extraction job ran through the encoders
 
 
@@ -116,7 +129,7 @@ def _encode_attr(value: Any) -> Any:
 def _decode_attr(key: str, value: Any) -> Any:
     if isinstance(value, bytes):
         value = value.decode("utf-8")
-    if key in ("templates", "config", "forwards") and isinstance(value, str):
+    if key in ("templates", "config", "forwards", "parent_labels") and isinstance(value, str):
         return json.loads(value)
     if isinstance(value, np.integer):
         return int(value)
@@ -296,6 +309,101 @@ def write_fewshot_cache(
             _create(f.create_group("text"), "features", np.asarray(text, dtype=np.float32))
         _write_strings(f, "classnames", classnames)
         _write_attrs(f, full, ATTRIBUTE_KEYS + FEWSHOT_KEYS)
+
+
+def write_transfer_cache(
+    path: str | os.PathLike,
+    *,
+    text: np.ndarray | None,
+    classnames: list[str],
+    attrs: Mapping[str, Any],
+    test: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
+) -> None:
+    """Write a transfer file atomically (layout in the module docstring).
+
+    Args:
+        text: (C, D) the target's class texts, or None for per-image texts.
+        test: (features (Nt, D), labels (Nt,), paths) when the backbone changes the image side.
+        attrs: ``ATTRIBUTE_KEYS`` values (``dataset`` = the target) plus source, shot, seed, templates.
+    """
+    if text is not None:
+        assert text.ndim == 2 and text.shape[0] == len(classnames), text.shape
+    full = {
+        "image_source": attrs["backbone"],
+        **attrs,
+        "kind": "transfer",
+        "schema_version": SCHEMA_VERSION,
+        "extraction_version": EXTRACTION_VERSION,
+        "text_kind": "static" if text is not None else "per_image",
+        "has_test": int(test is not None),
+        "parent_labels": list(attrs.get("parent_labels") or []),
+    }
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        if test is not None:
+            features, labels, paths = test
+            assert len(features) == len(labels) == len(paths)
+            _write_split(f.create_group("test"), features, labels, paths)
+        if text is not None:
+            _create(f.create_group("text"), "features", np.asarray(text, dtype=np.float32))
+        _write_strings(f, "classnames", classnames)
+        _write_attrs(f, full, ATTRIBUTE_KEYS + TRANSFER_KEYS)
+
+
+@dataclass
+class TransferCache:
+    """A transfer file: the target's class names, texts (None: per-image) and, when the backbone
+    changes the image side, its own test features of the target."""
+
+    classnames: list[str]
+    text: np.ndarray | None
+    test_x: np.ndarray | None
+    test_y: np.ndarray | None
+    attrs: dict[str, Any]
+
+
+def load_transfer(path: str | os.PathLike, *, expect: Mapping[str, Any]) -> TransferCache:
+    """Read a transfer file, checking ``expect`` (backbone, dataset = target, source, shot, seed, ...).
+
+    Raises:
+        InputError: a missing, damaged or mismatched file (one line naming it).
+    """
+    path = Path(path)
+    attrs = read_attrs(path)
+    check_attrs(path, attrs, _base_expectation("transfer", expect))
+    with _reading(path) as f:
+        classnames = _read_strings(f, "classnames", path)
+        text = test_x = test_y = None
+        if attrs.get("text_kind") == "static":
+            text = _read_array(f, "text/features", path, np.float32)
+            if text.ndim != 2 or text.shape[0] != len(classnames) or not np.isfinite(text).all():
+                raise InputError(f"{path}: corrupt text features (shape {text.shape})")
+        if attrs.get("has_test"):
+            test_x, test_y = _read_split(f, "test", path)
+    if test_y is not None and len(test_y) and (test_y.min() < 0 or test_y.max() >= len(classnames)):
+        raise InputError(f"{path}: test labels outside 0..{len(classnames) - 1}")
+    return TransferCache(classnames, text, test_x, test_y, attrs)
+
+
+def load_transfer_run(
+    path: str | os.PathLike, test_path: str | os.PathLike | None, *, expect: Mapping[str, Any]
+) -> tuple[TransferCache, np.ndarray, np.ndarray]:
+    """A transfer file and the target's test features it is scored on: its own (image side
+    changed), or those of the target's test file of its image source (``test_path``).
+
+    Raises:
+        InputError: either file missing, damaged or mismatched, or no test file when one is needed.
+    """
+    cache = load_transfer(path, expect=expect)
+    if cache.test_x is not None and cache.test_y is not None:
+        return cache, cache.test_x, cache.test_y
+    if test_path is None:
+        raise InputError(f"{path}: holds no test features: pass the target's test file (--test)")
+    want = {k: cache.attrs.get(k) for k in ("model", "pretrained")}
+    want.update(backbone=cache.attrs["image_source"], dataset=cache.attrs["dataset"])
+    x, y, _ = load_test(test_path, want)
+    if len(y) and y.max() >= len(cache.classnames):
+        raise InputError(f"{test_path}: test labels outside 0..{len(cache.classnames) - 1}")
+    return cache, x, y
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import warnings
+import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
+from pipeline.core.atomic import atomic_path
 from pipeline.core.config import ProbeConfig
 from pipeline.core.errors import InputError
 
@@ -152,3 +157,80 @@ def fit_probe(
     return ProbeResult(
         C=best_c, val_acc=best_acc, classifier=clf, history=tuple(history), converged=converged
     )
+
+
+# ---------------------------------------------------------------------------------------------- weights
+
+
+def save_probe(path: str | os.PathLike, classifier: LogisticRegression, classnames: Sequence[str]) -> None:
+    """Write a fitted probe's weights atomically as .npz: coef (K, D), intercept (K,), classes (K,)
+    (the label of each row) and the run's class names (JSON), for scoring it on other test sets."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            coef=np.asarray(classifier.coef_, dtype=np.float64),
+            intercept=np.asarray(classifier.intercept_, dtype=np.float64),
+            classes=np.asarray(classifier.classes_, dtype=np.int64),
+            classnames=np.frombuffer(json.dumps(list(classnames)).encode("utf-8"), dtype=np.uint8),
+        )
+
+
+@dataclass(frozen=True)
+class ProbeWeights:
+    """A saved probe: scores = x @ coef.T + intercept; row k scores label ``classes[k]``."""
+
+    coef: np.ndarray
+    intercept: np.ndarray
+    classes: np.ndarray
+    classnames: list[str]
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """(N, D) features -> (N, C) scores per label 0..C-1 (-inf for a label it never saw)."""
+        out = np.full((len(x), len(self.classnames)), -np.inf)
+        raw = np.asarray(x, dtype=np.float64) @ self.coef.T + self.intercept  # (N, K)
+        if self.coef.shape[0] == 1:  # two classes: one row scores classes[1] against classes[0]
+            raw = np.concatenate([np.zeros_like(raw), raw], axis=1)
+        out[:, self.classes] = raw
+        return out
+
+
+def load_probe(path: str | os.PathLike) -> ProbeWeights:
+    """Read a ``save_probe`` file (no pickles).
+
+    Raises:
+        InputError: a missing or damaged file (one line naming it).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            coef, intercept, classes = data["coef"], data["intercept"], data["classes"]
+            names = json.loads(bytes(data["classnames"]).decode("utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: probe weights not found") from None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as err:
+        raise InputError(f"{path}: not a probe weights file ({type(err).__name__}: {err})") from None
+    k = 2 if coef.shape[0] == 1 else coef.shape[0]
+    if coef.ndim != 2 or intercept.shape != (coef.shape[0],) or classes.shape != (k,) or not names:
+        raise InputError(f"{path}: inconsistent probe weights (coef {coef.shape}, classes {classes.shape})")
+    if classes.min() < 0 or classes.max() >= len(names):
+        raise InputError(f"{path}: probe classes outside 0..{len(names) - 1}")
+    return ProbeWeights(coef, intercept, classes, [str(n) for n in names])
+
+
+def label_map(
+    source: Sequence[str], target: Sequence[str], parent_labels: Sequence[int] | None = None
+) -> list[int] | None:
+    """For each target class, the source label a probe's score for it comes from, or None when the
+    target has a class the source lacks (the probe does not apply).
+
+    ``parent_labels`` (a test-only variant's classes in its parent dataset, e.g. ImageNet-A's 200 in
+    ImageNet) win when they name the same classes; otherwise class names must match one to one.
+    """
+    if parent_labels is not None and len(parent_labels) == len(target):
+        if all(0 <= p < len(source) and source[p] == t for p, t in zip(parent_labels, target, strict=True)):
+            return [int(p) for p in parent_labels]
+    index: dict[str, list[int]] = {}
+    for i, name in enumerate(source):
+        index.setdefault(name, []).append(i)
+    if not all(len(index.get(name, [])) == 1 for name in target):
+        return None
+    return [index[name][0] for name in target]

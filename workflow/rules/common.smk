@@ -22,10 +22,12 @@ from pipeline.core.versions import (
     TABLES_VERSION,
 )
 from pipeline.core.workflow_config import (
+    TRANSFER_PROTOCOLS,
     check_yaml_file,
     extraction_slice,
     load_workflow_config,
     needed_backbones,
+    protocol_transfers,
     recipe_slice,
     templates_for,
     variant_recipe_section,
@@ -66,6 +68,20 @@ NEEDED = needed_backbones(
     config
 )  # the configured backbones and those whose caches they reuse
 SPECS = {name: get_spec(name) for name in NEEDED}
+# Transfer protocols (docs/protocol.md): (source, target) dataset pairs per configured protocol.
+PROTOCOLS = {
+    name: protocol_transfers(config, name)
+    for name in TRANSFER_PROTOCOLS
+    if protocol_transfers(config, name)
+}
+PROTOCOL_SHOTS = {name: config["protocols"][name]["shots"] for name in PROTOCOLS}
+TARGETS = list(dict.fromkeys(t for pairs in PROTOCOLS.values() for _, t in pairs))
+# Every dataset a job may name: the grid's, the protocols' sources and their targets.
+ALL_DATASETS = list(
+    dict.fromkeys(
+        DATASETS + [s for pairs in PROTOCOLS.values() for s, _ in pairs] + TARGETS
+    )
+)
 # Runtime knobs reach the jobs as resources, never as params: changing the device, the inference
 # batch size or the number of workers must not rerun anything (params are a rerun trigger).
 RUNTIME_DEVICE = config["runtime"]["device"]
@@ -102,7 +118,7 @@ DEMO_FOLDERS = {
     if get_dataset_info(name).source
 }
 
-for _name in DATASETS:
+for _name in ALL_DATASETS:
     _info = get_dataset_info(_name)
     if _info.source is None:  # a real dataset: it must already be under the data root
         if not Path(DATA_ROOT).is_dir():
@@ -139,7 +155,8 @@ IMAGE_CHANGED = [b for b in NEEDED if not SPECS[b].frozen_image_encoder]
 
 
 wildcard_constraints:
-    dataset=alternatives(DATASETS),
+    dataset=alternatives(ALL_DATASETS),
+    target=alternatives(TARGETS),
     backbone=alternatives(NEEDED),
     shot=r"\d+",
     seed=r"\d+",
@@ -158,9 +175,18 @@ TEST_H5 = f"{RESULTS}/features/{{backbone}}/{{dataset}}/test.h5"
 FMA_JSON = f"{RESULTS}/fma/{{backbone}}/{RUN}.json"
 FMA_PT = f"{RESULTS}/fma/{{backbone}}/{RUN}.pt"
 PROBE_JSON = f"{RESULTS}/probe/{{backbone}}/{RUN}.json"
+PROBE_NPZ = f"{RESULTS}/probe/{{backbone}}/{RUN}.npz"
 VARIANT_JSON = f"{RESULTS}/ablations/{{backbone}}/{RUN}/{{variant}}.json"
 VARIANT_PT = f"{RESULTS}/ablations/{{backbone}}/{RUN}/{{variant}}.pt"
 TABLES = f"{RESULTS}/tables"
+TRANSFER_H5 = f"{RESULTS}/transfer/features/{{backbone}}/{RUN}/{{target}}.h5"
+TRANSFER_JSON = f"{RESULTS}/transfer/fma/{{backbone}}/{RUN}/{{target}}.json"
+TRANSFER_PROBE_JSON = f"{RESULTS}/transfer/probe/{{backbone}}/{RUN}/{{target}}.json"
+# The protocols whose targets have the source's classes: the linear probe applies to them.
+PROBE_PROTOCOLS = ("domain_generalization",)
+PROBE_TARGETS = list(
+    dict.fromkeys(t for p in PROBE_PROTOCOLS for _, t in PROTOCOLS.get(p, []))
+)
 
 
 def log_path(rule, pattern=RUN):
@@ -171,7 +197,7 @@ def fill(template, w, **overrides):
     """A path template filled from the wildcards ``w`` (and overrides)."""
     values = {
         k: getattr(w, k)
-        for k in ("backbone", "dataset", "shot", "seed")
+        for k in ("backbone", "dataset", "shot", "seed", "target")
         if hasattr(w, k)
     }
     return template.format(**{**values, **overrides})
@@ -333,6 +359,91 @@ def runs(template, backbones, datasets=None, shots=None, **extra):
     )
 
 
+# ---------------------------------------------------------------- transfer protocols
+
+
+def encoder_expectation():
+    """What a transfer file must record of the encoder it was made with."""
+    return {
+        "model": config["encoder"]["model"],
+        "pretrained": config["encoder"].get("pretrained") or "",
+    }
+
+
+def transfer_slice(backbone, target):
+    """The config an extract_transfer job depends on: the encoder and the target's templates."""
+    return {**encoder_slice(), "templates": templates_for(config, backbone, target)}
+
+
+def transfer_params(backbone, target):
+    return memo_params("transfer", transfer_slice, backbone, target)
+
+
+def target_test_cache(backbone, w):
+    """The target's per-dataset test file a backbone with a frozen image encoder reads."""
+    return fill(TEST_H5, w, backbone=image_source(backbone), dataset=w.target)
+
+
+def transfer_extract_inputs(w):
+    spec = SPECS[w.backbone]
+    inputs = {"split": split_file(w.target), "encoder": encoder_inputs()}
+    if spec.trains:
+        inputs["state"] = fill(FIT_PT, w)
+    if not spec.frozen_image_encoder and not spec.encodes_images:
+        inputs["reuse_test"] = target_test_cache(spec.reuses, w)
+    return inputs
+
+
+def transfer_fma_inputs(w):
+    spec = SPECS[w.backbone]
+    inputs = {"transfer": fill(TRANSFER_H5, w), "velocity": fill(FMA_PT, w)}
+    if spec.frozen_image_encoder:
+        inputs["test"] = target_test_cache(w.backbone, w)
+    if spec.per_image_text:
+        inputs["state"] = fill(FIT_PT, w)
+        inputs["encoder"] = encoder_inputs()
+    return inputs
+
+
+def transfer_probe_inputs(w):
+    inputs = {"weights": fill(PROBE_NPZ, w), "transfer": fill(TRANSFER_H5, w)}
+    if SPECS[w.backbone].frozen_image_encoder:
+        inputs["test"] = target_test_cache(w.backbone, w)
+    return inputs
+
+
+def transfer_fma_args(w, input):
+    keys = [k for k in ("test", "state") if k in input.keys()]
+    flags = {"test": "--test", "state": "--backbone-state"}
+    return " ".join(f"{flags[k]} {shlex.quote(input[k])}" for k in keys)
+
+
+def protocol_source_records(protocol):
+    """The records of every source run of a protocol: FMA's and the linear probe's."""
+    out = []
+    for source in dict.fromkeys(s for s, _ in PROTOCOLS[protocol]):
+        for template in (FMA_JSON, PROBE_JSON):
+            out += runs(template, BACKBONES, [source], PROTOCOL_SHOTS[protocol])
+    return out
+
+
+def protocol_transfer_records(protocol):
+    out = []
+    templates = [TRANSFER_JSON] + ([TRANSFER_PROBE_JSON] if protocol in PROBE_PROTOCOLS else [])
+    for source, target in PROTOCOLS[protocol]:
+        for template in templates:
+            out += runs(template, BACKBONES, [source], PROTOCOL_SHOTS[protocol], target=target)
+    return out
+
+
+def protocol_records(protocol):
+    return protocol_source_records(protocol) + protocol_transfer_records(protocol)
+
+
+def protocol_table_files(protocols):
+    return [f"{TABLES}/{p}.{ext}" for p in protocols for ext in ("md", "csv", "tex", "html")]
+
+
 # ---------------------------------------------------------------- ablations
 
 ABLATIONS = config.get("ablations", {})
@@ -429,6 +540,10 @@ JOB_MINUTES = {  # rule: (demo dataset, real dataset)
     "make_ablation_table": (15, 15),
     "fit_backbone_variant": (30, 24 * 60),
     "make_backbone_ablation_table": (15, 15),
+    "extract_transfer": (30, 8 * 60),
+    "transfer_fma": (15, 60),
+    "transfer_probe": (15, 60),
+    "make_protocol_table": (15, 15),
 }
 
 
@@ -437,8 +552,8 @@ def job_minutes(rule):
     demo, real = JOB_MINUTES[rule]
 
     def minutes(wildcards, attempt):
-        dataset = getattr(wildcards, "dataset", None)
-        datasets = [dataset] if dataset else DATASETS
+        named = [getattr(wildcards, k, None) for k in ("dataset", "target")]
+        datasets = [d for d in named if d] or DATASETS
         is_demo = all(get_dataset_info(d).source is not None for d in datasets)
         return (demo if is_demo else real) * 2 ** (attempt - 1)
 
@@ -458,6 +573,8 @@ TABLE_FILES = [
     for ext in ("md", "csv", "tex", "html")
 ]
 TABLE_FILES.append(f"{TABLES}/curves.png")
+# The paper preset sets protocols.in_all: `snakemake` alone then runs the transfer protocols too.
+IN_ALL_PROTOCOLS = list(PROTOCOLS) if config["protocols"].get("in_all") else []
 ABLATION_TABLE_FILES = [
     f"{TABLES}/ablations.{ext}" for ext in ("md", "csv", "tex", "html")
 ]
@@ -476,6 +593,12 @@ REPORT_ITEMS = {  # file name: (caption, category, subcategory, its name in the 
     "curves.png": ("curves.rst", "Few-shot results", None, "accuracy vs Euler step"),
     "plugplay.html": ("plugplay.rst", "Plug-and-play", None, "plug-and-play tables"),
     "ablations.html": ("ablations.rst", "Ablations", "FMA", "FMA variants"),
+    "{protocol}.html": (
+        "protocols.rst",
+        "Transfer protocols",
+        "{protocol}",
+        "{protocol} tables",
+    ),
     "backbone_ablations.html": (
         "backbone_ablations.rst",
         "Ablations",

@@ -2,13 +2,17 @@
 
 
 rule build_demo_dataset:
-    """A demo dataset in the CoOp layout (images + split_zhou_<Name>.json), from packaged images."""
+    """A demo dataset in the CoOp layout (images + split_zhou_<Name>.json), or a test-only one in
+    ImageNet-V2's (images/<label>/ + classnames.txt), from packaged images."""
     output:
-        f"{DATA_ROOT}/{{folder}}/split_zhou_{{name}}.json",
+        f"{DATA_ROOT}/{{folder}}/{{split_file}}",
     log:
-        f"{RESULTS}/logs/build_demo_dataset/{{folder}}_{{name}}.log",
+        f"{RESULTS}/logs/build_demo_dataset/{{folder}}_{{split_file}}.log",
     wildcard_constraints:
         folder="|".join(DEMO_FOLDERS) or "no-demo-dataset",
+        split_file=alternatives(
+            sorted({get_dataset_info(d).split_file for d in DEMO_FOLDERS.values()})
+        ).replace(".", r"\."),
     conda:
         "../../envs/pipeline.yaml"
     resources:

@@ -6,7 +6,8 @@ rule train_probe:
         fewshot=FEWSHOT_H5,
         test=lambda w: test_cache(w.backbone, w),
     output:
-        PROBE_JSON,
+        record=PROBE_JSON,
+        weights=PROBE_NPZ,
     log:
         log_path("train_probe"),
     conda:
@@ -23,4 +24,4 @@ rule train_probe:
         " --backbone {wildcards.backbone} --dataset {wildcards.dataset}"
         " --shot {wildcards.shot} --seed {wildcards.seed}"
         " --config {params.cfg:q} --expect {params.expect:q} --threads {threads}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --weights {output.weights:q} --out {output.record:q} > {log:q} 2>&1"

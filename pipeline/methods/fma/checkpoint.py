@@ -251,3 +251,16 @@ def load_any_velocity(
         f"{path}: neither an FMA checkpoint of this pipeline nor an official FMA state dict "
         "(expected a 'state_dict' entry or an 'input_proj.weight' tensor)"
     )
+
+
+def selected_m_of(path: str | os.PathLike) -> int:
+    """The M a checkpoint of ``save_velocity`` was chosen with on its run's validation split.
+
+    Raises:
+        InputError: the file is missing, unreadable, or records no M (one line naming it).
+    """
+    state = _read(path)
+    m = state.get("selected_m") if isinstance(state, dict) else None
+    if not isinstance(m, int) or isinstance(m, bool):
+        raise InputError(f"{path}: the checkpoint records no selected M (not written by train_fma?)")
+    return m

@@ -27,6 +27,7 @@ from pipeline.features.cache import (
 from pipeline.methods.linear_probe import label_map, load_probe, save_probe
 from pipeline.report.protocols import (
     base_to_new_tables,
+    harmonic_plugplay_tables,
     protocol_frame,
     transfer_tables,
     write_protocol_report,
@@ -268,7 +269,7 @@ def _record(
     for method, acc in accs.items():
         role = "baseline" if method == "backbone" else "primary"
         label = {"backbone": "", "fma": "FMA", "linear_probe": "linear probe"}[method]
-        results.append(Result(method, label, role, acc))
+        results.append(Result(method, label, role, acc, plug_and_play=method == "fma"))
     info = {"source": source} if source else {}
     rec = build_record(stage=stage, run={"backbone": backbone, "dataset": dataset, "shot": 4, "seed": seed},
                        results=results, config={}, info=info)  # fmt: skip
@@ -312,6 +313,20 @@ def test_base_to_new_h_comes_from_seed_averaged_base_and_new(tmp_path: Path) -> 
     assert "| CoOp + FMA | 85.0 ± 7.1 | 52.0 ± 14.1 | 64.5 |" in paths["md"].read_text()
     assert math.isclose(float(frame[(frame["part"] == "new") & (frame["method"] == "fma")
                                     & (frame["dataset"] == "dtd@new")]["mean"].iloc[0]), 52.0)  # fmt: skip
+
+
+def test_the_harmonic_plug_and_play_table_takes_h_of_group_means(tmp_path: Path) -> None:
+    frame = protocol_frame("base_to_new", _b2n_records(), ["coop"])
+    groups = {"difficult": ["dtd", "eurosat"], "easy": ["caltech101"]}
+    (table,) = harmonic_plugplay_tables(frame, groups)
+    assert table.columns == ["Backbone", "D H", "+FMA"]  # no easy dataset ran: no E column
+    ((label, own, fma),) = table.rows
+    b, n = (75.0 + 90.0) / 2, (50.0 + 30.0) / 2
+    assert label == "CoOp" and own.mean == pytest.approx(2 * b * n / (b + n))
+    b, n = (85.0 + 95.0) / 2, (52.0 + 31.0) / 2
+    assert fma.mean == pytest.approx(2 * b * n / (b + n))
+    md = write_protocol_report("base_to_new", _b2n_records(), tmp_path, ["coop"], groups)["md"].read_text()
+    assert "## Plug-and-play, harmonic mean by dataset group, 4 shots" in md
 
 
 def test_transfer_table_has_source_targets_and_their_average() -> None:

@@ -21,8 +21,9 @@ import pandas as pd
 
 from pipeline.core.errors import InputError
 from pipeline.data.protocols import base_to_new_summary, harmonic_mean
+from pipeline.report.records import BASELINE
 from pipeline.report.render import Cell, Table, html, latex, markdown, write_csv, write_text
-from pipeline.report.summary import long_table, summarize
+from pipeline.report.summary import backbone_label, group_labels, long_table, summarize
 
 PROTOCOLS = ("base_to_new", "cross_dataset", "domain_generalization")
 HEADINGS = {
@@ -32,8 +33,8 @@ HEADINGS = {
 }
 SHOWN_ROLES = ("baseline", "primary")
 FRAME_COLUMNS = [
-    "protocol", "backbone", "method", "row", "role", "source", "dataset", "part", "shot",
-    "mean", "std", "n_seeds", "seeds",
+    "protocol", "backbone", "method", "row", "role", "plug_and_play", "source", "dataset", "part",
+    "shot", "mean", "std", "n_seeds", "seeds",
 ]  # fmt: skip
 
 
@@ -145,6 +146,43 @@ def base_to_new_tables(frame: pd.DataFrame) -> list[Table]:
     return tables
 
 
+def harmonic_plugplay_tables(frame: pd.DataFrame, groups: Mapping[str, Sequence[str]]) -> list[Table]:
+    """The FMA paper's "Harmonic" columns: per backbone and dataset group, H of the group's mean
+    Base and mean New, for the backbone and with each plug-and-play method ("+FMA"); per shot."""
+    labels = group_labels(groups) if groups else {}
+    tables = []
+    for shot in sorted(set(frame["shot"])):
+        sub = frame[(frame["shot"] == shot) & ((frame["method"] == BASELINE) | frame["plug_and_play"])]
+        bases = list(dict.fromkeys(sub.loc[sub["part"] == "base", "dataset"]))
+        members = {
+            labels[name]: [d for d in bases if d.split("@")[0] in datasets]
+            for name, datasets in groups.items()
+        }
+        members = {label: ds for label, ds in members.items() if ds} or {"Average": bases}
+        methods = {}
+        for r in sub[sub["method"] != BASELINE].to_dict("records"):
+            methods.setdefault(r["method"], r["row"].split(" + ", 1)[-1])
+        by = {(r["backbone"], r["method"], r["dataset"]): r["mean"] for r in sub.to_dict("records")}
+        columns = ["Backbone"]
+        for label in members:
+            columns += [f"{label.replace(' avg', '')} H", *(f"+{m}" for m in methods.values())]
+        rows = []
+        for backbone in dict.fromkeys(sub["backbone"]):
+            row: list[Cell | str | None] = [backbone_label(backbone)]
+            for datasets in members.values():
+                for method in [BASELINE, *methods]:
+                    b = [by.get((backbone, method, d)) for d in datasets]
+                    n = [by.get((backbone, method, d.replace("@base", "@new"))) for d in datasets]
+                    if any(v is None for v in b + n):
+                        row.append(None)
+                        continue
+                    row.append(Cell(base_to_new_summary(b, n)["h"]))
+            rows.append(row)
+        title = f"Plug-and-play, harmonic mean by dataset group, {shot} shot" + ("s" if shot > 1 else "")
+        tables.append(Table(title, columns, rows, label=f"tab:b2n-plugplay-{shot}"))
+    return tables
+
+
 def transfer_tables(frame: pd.DataFrame) -> list[Table]:
     """Per (source, shot): rows methods, columns the source, every target, and the targets' average."""
     tables = []
@@ -184,7 +222,8 @@ def _caption(protocol: str, frame: pd.DataFrame) -> str:
             "of runs trained on the base half of each dataset's classes (Base) and of the same backbone "
             "and velocity field on the new half with the new class names (New); H is the harmonic mean "
             "of the seed-averaged Base and New. The average table averages Base and New over datasets, "
-            f"then takes H. {common}"
+            "then takes H; the plug-and-play table does the same per dataset group (the FMA paper's "
+            f"D(Harmonic) column), for each backbone alone and with each plug-and-play method. {common}"
         )
     what = "the other datasets" if protocol == "cross_dataset" else "the source's test-only variants"
     return (
@@ -199,10 +238,15 @@ def write_protocol_report(
     records: Sequence[Mapping[str, Any]],
     out_dir: str | os.PathLike,
     backbone_order: Sequence[str] = (),
+    groups: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Path]:
-    """Write <protocol>.{csv,md,tex,html} into ``out_dir``."""
+    """Write <protocol>.{csv,md,tex,html} into ``out_dir``; base-to-new also gets the plug-and-play
+    table of H per dataset group (``groups``: name -> whole dataset names; none: one average)."""
     frame = protocol_frame(protocol, records, backbone_order)
-    tables = base_to_new_tables(frame) if protocol == "base_to_new" else transfer_tables(frame)
+    if protocol == "base_to_new":
+        tables = base_to_new_tables(frame) + harmonic_plugplay_tables(frame, dict(groups or {}))
+    else:
+        tables = transfer_tables(frame)
     caption = _caption(protocol, frame)
     out_dir = Path(out_dir)
     paths = {ext: out_dir / f"{protocol}.{ext}" for ext in ("csv", "md", "tex", "html")}

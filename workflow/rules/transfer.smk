@@ -104,11 +104,13 @@ rule make_protocol_table:
         runtime=job_minutes("make_protocol_table"),
     params:
         order=canonical_ordered(BACKBONES),
+        groups=canonical_ordered(config["groups"]),
         out_dir=lambda w, output: os.path.dirname(output[0]),
         version=TABLES_VERSION,
     shell:
         "$PYTHON -m pipeline.run make_protocol_tables --protocol {wildcards.protocol}"
-        " --records {input.records:q} --backbones {params.order:q} --out-dir {params.out_dir:q}"
+        " --records {input.records:q} --backbones {params.order:q} --groups {params.groups:q}"
+        " --out-dir {params.out_dir:q}"
         " > {log:q} 2>&1"
 
 

@@ -163,6 +163,20 @@ def test_protocols_write_their_tables_and_rerun_nothing(protocols_run: Path) -> 
     assert planned_jobs(snakemake(protocols_run, "-n", "protocols", config=TINY)) == {}
 
 
+def test_report_of_the_protocols_lists_each_protocols_table(protocols_run: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.html"
+    result = snakemake(protocols_run, "--report", str(report), "protocols", config=TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tables = report_tables(report.read_text())
+    where = f"{TINY['results']}/tables"
+    assert tables["categories"]["Transfer protocols"] == {
+        name: [f"{where}/{name}.html"] for name in ("base_to_new", "cross_dataset", "domain_generalization")
+    }
+    captions = {Path(path).name: entry["caption"] for path, entry in tables["results"].items()}
+    assert "Base-to-new generalization (CoCoOp's protocol) on demo_digits" in captions["base_to_new.html"]
+    assert "runs trained on demo_fashion scored on\ndemo_fashion_v2" in captions["domain_generalization.html"]
+
+
 @pytest.mark.parametrize("backbone", TINY["backbones"])
 def test_a_transfer_scores_the_runs_backbone_on_the_new_classes(protocols_run: Path, backbone: str) -> None:
     """The transfer record's backbone accuracy on demo_digits@new is the base-trained backbone,

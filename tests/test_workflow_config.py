@@ -133,6 +133,16 @@ def test_the_paper_preset_plans_the_papers_grid(tmp_path: Path) -> None:
     assert groups["difficult"] == ["fgvc_aircraft", "eurosat", "dtd", "sun397", "stanford_cars"]
     assert sorted(groups["difficult"] + groups["easy"]) == sorted(config["datasets"])
     assert config["ablations"]["shots"] == [16] and config["ablations"]["datasets"] == config["datasets"]
+    protocols = config["protocols"]  # every transfer protocol, at 16 shots, with `snakemake` alone
+    assert protocols["in_all"] is True
+    assert protocols["base_to_new"] == {"datasets": config["datasets"], "shots": [16]}
+    assert protocols["cross_dataset"] == {
+        "source": "imagenet", "targets": [d for d in config["datasets"] if d != "imagenet"], "shots": [16]
+    }  # fmt: skip
+    assert protocols["domain_generalization"] == {
+        "source": "imagenet", "targets": ["imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r"],
+        "shots": [16],
+    }  # fmt: skip
 
 
 def test_a_half_of_a_datasets_classes_is_a_dataset_name() -> None:

@@ -120,6 +120,7 @@ DEMO_FOLDERS = {
 
 for _name in ALL_DATASETS:
     _info = get_dataset_info(_name)
+    _key = "datasets" if _name in DATASETS else "protocols"  # a protocol's source or target
     if _info.source is None:  # a real dataset: it must already be under the data root
         if not Path(DATA_ROOT).is_dir():
             sys.exit(
@@ -127,12 +128,12 @@ for _name in ALL_DATASETS:
             )
         if not (Path(DATA_ROOT) / _info.folder).is_dir():
             sys.exit(
-                f"config error: key 'datasets': folder {Path(DATA_ROOT) / _info.folder} "
+                f"config error: key '{_key}': folder {Path(DATA_ROOT) / _info.folder} "
                 f"for '{_name}' does not exist"
             )
         if not (Path(DATA_ROOT) / _info.folder / _info.split_file).is_file():
             sys.exit(
-                "config error: key 'datasets': split file "
+                f"config error: key '{_key}': split file "
                 f"{Path(DATA_ROOT) / _info.folder / _info.split_file} is missing"
             )
 

@@ -1,11 +1,12 @@
 """How long Snakemake takes to plan the paper preset's whole grid (a dry run, nothing executed).
 
 The paper preset (`--config preset=paper`) is ViT-B/16 on the 11 datasets, shots 1/2/4/8/16,
-seeds 1-3 and six backbones. This script lays the 11 datasets out in their exact folder layouts
-with tiny images (tests/fixtures_datasets.py), runs `snakemake -n` on them from a scratch
-directory and prints the number of planned jobs per rule and the wall time of the dry run, best
-of --repeats, twice: with `--quiet rules` (the summary only) and as a plain `snakemake -n` (every
-job listed, ~36,000 lines, read from a pipe). Snakemake formats every job for the listing either
+seeds 1-3, six backbones and the three transfer protocols. This script lays the 11 datasets and
+ImageNet's four test-only variants out in their exact folder layouts with tiny images
+(tests/fixtures_datasets.py), runs `snakemake -n` on them from a scratch directory and prints the
+number of planned jobs per rule and the wall time of the dry run, best of --repeats, twice: with
+`--quiet rules` (the summary only) and as a plain `snakemake -n` (every job listed, read from a
+pipe). Snakemake formats every job for the listing either
 way, so the two take about the same time. Target: under 5 s on a 2-core machine.
 
     python bench/plan_paper.py [--repeats 3] [--keep DIR]
@@ -34,6 +35,8 @@ from bench.machine import cpu_model  # noqa: E402
 PAPER_DATASETS = (
     "imagenet", "caltech101", "oxford_pets", "stanford_cars", "flowers102", "food101",
     "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
+    # the domain-generalization protocol's targets (test only)
+    "imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r",
 )  # fmt: skip
 
 
@@ -86,7 +89,8 @@ def main() -> int:
             seconds, plain_jobs = dry_run(workdir, quiet=False)
             plain.append(seconds)
             assert plain_jobs == jobs, (plain_jobs, jobs)
-        print(f"\npaper preset, fixture data root with the 11 datasets: {jobs.get('total', 0)} jobs planned")
+        where = "fixture data root with the 11 datasets and the 4 ImageNet variants"
+        print(f"\npaper preset, {where}: {jobs.get('total', 0)} jobs planned")
         for rule, count in sorted(jobs.items(), key=lambda kv: -kv[1]):
             if rule != "total":
                 print(f"  {rule:28s} {count:6d}")

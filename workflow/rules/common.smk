@@ -120,7 +120,9 @@ DEMO_FOLDERS = {
 
 for _name in ALL_DATASETS:
     _info = get_dataset_info(_name)
-    _key = "datasets" if _name in DATASETS else "protocols"  # a protocol's source or target
+    _key = (
+        "datasets" if _name in DATASETS else "protocols"
+    )  # a protocol's source or target
     if _info.source is None:  # a real dataset: it must already be under the data root
         if not Path(DATA_ROOT).is_dir():
             sys.exit(
@@ -430,10 +432,14 @@ def protocol_source_records(protocol):
 
 def protocol_transfer_records(protocol):
     out = []
-    templates = [TRANSFER_JSON] + ([TRANSFER_PROBE_JSON] if protocol in PROBE_PROTOCOLS else [])
+    templates = [TRANSFER_JSON] + (
+        [TRANSFER_PROBE_JSON] if protocol in PROBE_PROTOCOLS else []
+    )
     for source, target in PROTOCOLS[protocol]:
         for template in templates:
-            out += runs(template, BACKBONES, [source], PROTOCOL_SHOTS[protocol], target=target)
+            out += runs(
+                template, BACKBONES, [source], PROTOCOL_SHOTS[protocol], target=target
+            )
     return out
 
 
@@ -442,7 +448,9 @@ def protocol_records(protocol):
 
 
 def protocol_table_files(protocols):
-    return [f"{TABLES}/{p}.{ext}" for p in protocols for ext in ("md", "csv", "tex", "html")]
+    return [
+        f"{TABLES}/{p}.{ext}" for p in protocols for ext in ("md", "csv", "tex", "html")
+    ]
 
 
 # ---------------------------------------------------------------- ablations

@@ -345,3 +345,20 @@ def test_transfer_table_has_source_targets_and_their_average() -> None:
     assert probe[1].mean == 55.0 and probe[2] is None and probe[3] is None  # no average over a gap
     with pytest.raises(InputError, match=r"no record of its source run \('zeroshot', 'imagenet', 4, 1\)"):
         protocol_frame("domain_generalization", records[2:], ["zeroshot"])
+
+
+def test_a_half_of_a_dataset_trains_and_prompts_as_the_dataset() -> None:
+    """Per-dataset settings (ImageNet's 50 CoOp epochs, MPS-Tuning's DTD schedule, a template or
+    augmentation override) reach the base half of the dataset too."""
+    from pipeline.core.workflow_config import extraction_slice, recipe_slice, templates_for
+
+    config = load_workflow_config(
+        {**copy.deepcopy(BASE), "templates": {"demo_digits": ["a {} digit."]},
+         "extraction": {"augment": {"demo_digits": {"crop_scale": [0.7, 1.0]}}}},
+        SCHEMA, PRESETS,
+    )  # fmt: skip
+    assert recipe_slice(config, "coop", "imagenet@base", 16) == recipe_slice(config, "coop", "imagenet", 16)
+    assert recipe_slice(config, "coop", "imagenet@base", 16)["epochs_by_shots"] == {"16": 50}
+    assert recipe_slice(config, "mps_tuning", "dtd@base", 16) == recipe_slice(config, "mps_tuning", "dtd", 16)
+    assert templates_for(config, "zeroshot", "demo_digits@new") == ["a {} digit."]
+    assert extraction_slice(config, "demo_digits@base")["crop_scale"] == [0.7, 1.0]

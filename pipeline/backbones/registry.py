@@ -22,6 +22,7 @@ from typing import Any
 
 from pipeline.backbones import recipes
 from pipeline.core.errors import InputError
+from pipeline.data.protocols import whole_name
 
 CHANGES = ("none", "text", "image", "both")  # which side of the shared space a backbone changes
 
@@ -143,6 +144,7 @@ def build_config(name: str, section: dict[str, Any] | None) -> Any:
 def resolved_recipe(name: str, section: dict[str, Any] | None, dataset: str, shot: int) -> dict[str, Any]:
     """The config slice one ``fit_backbone`` job depends on: the section with its schedule resolved
     to this (dataset, shot), so that a change for other datasets or shots reruns nothing here.
+    ``<dataset>@base`` (base-to-new) takes ``<dataset>``'s per-dataset settings.
 
     The result is still a valid section: ``epochs_by_shots`` holds the one entry ``{shot: epochs}``
     and ``epochs_by_dataset`` is empty (with ``iterations_per_shot`` set, both are unused); other
@@ -153,6 +155,7 @@ def resolved_recipe(name: str, section: dict[str, Any] | None, dataset: str, sho
     if cfg is None:
         return {}
     out = dataclasses.asdict(cfg)
+    dataset = whole_name(dataset)  # a half of a dataset's classes trains with the dataset's recipe
     if isinstance(cfg, recipes.TrainRecipe):
         length = recipes.schedule_length(cfg, dataset, shot)
         out["epochs_by_dataset"] = {}

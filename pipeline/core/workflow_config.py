@@ -415,7 +415,7 @@ def templates_for(config: Mapping[str, Any], backbone: str, dataset: str) -> lis
 def extraction_slice(config: Mapping[str, Any], dataset: str) -> dict[str, Any]:
     """The resolved augmentation of ``dataset`` (catalog default unless overridden) and K."""
     info = get_dataset_info(dataset)
-    aug = config["extraction"].get("augment", {}).get(dataset, {})
+    aug = config["extraction"].get("augment", {}).get(whole_name(dataset), {})  # a half: its dataset's
     cfg = from_dict(
         ExtractionConfig,
         {

@@ -177,6 +177,47 @@ def test_report_of_the_protocols_lists_each_protocols_table(protocols_run: Path,
     assert "runs trained on demo_fashion scored on\ndemo_fashion_v2" in captions["domain_generalization.html"]
 
 
+def test_protocols_on_the_real_datasets_layouts(tmp_path: Path) -> None:
+    """ImageNet, DTD, ImageNet-V2 and -A in their exact layouts (tiny fixture images): base-to-new on
+    ImageNet, ImageNet -> DTD, ImageNet -> V2 and -A. The probe scores ImageNet-A's classes through
+    their parent labels: recomputed here from its saved weights and the zero-shot test file."""
+    import numpy as np
+    from fixtures_datasets import make_root
+
+    from pipeline.data.coop import load_dataset
+    from pipeline.features.cache import load_test
+    from pipeline.methods.linear_probe import load_probe
+
+    make_root(tmp_path / "data", ["imagenet", "dtd", "imagenet_v2", "imagenet_a"])
+    config = {
+        **{k: TINY[k] for k in ("encoder", "extraction", "fma", "probe", "runtime")},
+        "preset": None, "results": "results", "data_root": "data", "datasets": ["imagenet"],
+        "groups": {"difficult": [], "easy": ["imagenet"]}, "shots": [1], "seeds": [1],
+        "backbones": ["zeroshot", "coop", "clip_lora"],
+        "backbone_config": {"coop": {"epochs_by_dataset": {}, "epochs_by_shots": {1: 2}, "n_ctx": 4},
+                            "clip_lora": {"iterations_per_shot": 2}},
+        "protocols": {"base_to_new": {"datasets": ["imagenet"]},
+                      "cross_dataset": {"source": "imagenet", "targets": ["dtd"]},
+                      "domain_generalization": {"source": "imagenet",
+                                                "targets": ["imagenet_v2", "imagenet_a"]}},
+    }  # fmt: skip
+    result = snakemake(tmp_path, "protocols", config=config)
+    assert result.returncode == 0, result.stderr[-5000:]
+    results = tmp_path / "results"
+    for name in ("base_to_new", "cross_dataset", "domain_generalization"):
+        assert (results / "tables" / f"{name}.md").is_file(), name
+    imagenet_a = load_dataset("imagenet_a", tmp_path / "data")
+    assert imagenet_a.parent_labels is not None and max(imagenet_a.parent_labels) > len(imagenet_a.classnames)
+    run = "zeroshot/imagenet/1shot_seed1"
+    probe = load_probe(results / f"probe/{run}.npz")
+    x, y, _ = load_test(results / "features/zeroshot/imagenet_a/test.h5", {})
+    scores = probe.scores(x)[:, list(imagenet_a.parent_labels)]
+    want = 100.0 * np.mean(scores.argmax(axis=1) == y)
+    record = json.loads((results / f"transfer/probe/{run}/imagenet_a.json").read_text())
+    assert record["results"][0]["test_acc"] == pytest.approx(want)
+    assert record["info"]["n_classes"] == len(imagenet_a.classnames)
+
+
 @pytest.mark.parametrize("backbone", TINY["backbones"])
 def test_a_transfer_scores_the_runs_backbone_on_the_new_classes(protocols_run: Path, backbone: str) -> None:
     """The transfer record's backbone accuracy on demo_digits@new is the base-trained backbone,

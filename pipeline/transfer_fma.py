@@ -20,7 +20,7 @@ from pipeline.core.device import resolve_device, set_threads
 from pipeline.core.errors import InputError
 from pipeline.features.cache import load_transfer_run
 from pipeline.features.texts import ClassTexts, ImageConditionedTexts, StaticTexts
-from pipeline.methods.fma.checkpoint import load_velocity, selected_m_of
+from pipeline.methods.fma.checkpoint import load_selected_velocity
 from pipeline.methods.fma.evaluate import curves_for, ensemble_steps_of
 from pipeline.methods.fma.solver import select_m
 from pipeline.report.records import Result, baseline_result, build_record, write_record
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     cache, x, y = load_transfer_run(args.transfer, args.test, expect=expect)
     if len(y) == 0:
         raise InputError(f"{args.test or args.transfer}: the target's test split is empty")
-    net, cfg = load_velocity(args.velocity, device)
-    m = selected_m_of(args.velocity)
+    net, cfg, m = load_selected_velocity(args.velocity, device)
     if net.dim != x.shape[1]:
         raise InputError(
             f"{args.velocity}: velocity field of dimension {net.dim}, features have {x.shape[1]}"

@@ -236,13 +236,17 @@ def encoder_slice():
     return {"encoder": config["encoder"]}
 
 
-def cache_expectation(backbone, dataset):
-    """What stage 2 checks in a few-shot cache's attributes before trusting it."""
+def encoder_expectation():
+    """What a cache or transfer file must record of the encoder it was made with."""
     return {
         "model": config["encoder"]["model"],
         "pretrained": config["encoder"].get("pretrained") or "",
-        "templates": templates_for(config, backbone, dataset),
     }
+
+
+def cache_expectation(backbone, dataset):
+    """What stage 2 checks in a few-shot cache's attributes before trusting it."""
+    return {**encoder_expectation(), "templates": templates_for(config, backbone, dataset)}
 
 
 def extract_slice(backbone, dataset):
@@ -365,14 +369,6 @@ def runs(template, backbones, datasets=None, shots=None, **extra):
 # ---------------------------------------------------------------- transfer protocols
 
 
-def encoder_expectation():
-    """What a transfer file must record of the encoder it was made with."""
-    return {
-        "model": config["encoder"]["model"],
-        "pretrained": config["encoder"].get("pretrained") or "",
-    }
-
-
 def transfer_slice(backbone, target):
     """The config an extract_transfer job depends on: the encoder and the target's templates."""
     return {**encoder_slice(), "templates": templates_for(config, backbone, target)}
@@ -415,7 +411,7 @@ def transfer_probe_inputs(w):
     return inputs
 
 
-def transfer_fma_args(w, input):
+def transfer_args(w, input):
     keys = [k for k in ("test", "state") if k in input.keys()]
     flags = {"test": "--test", "state": "--backbone-state"}
     return " ".join(f"{flags[k]} {shlex.quote(input[k])}" for k in keys)

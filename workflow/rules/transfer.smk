@@ -50,8 +50,8 @@ rule transfer_fma:
         device=RUNTIME_DEVICE,
         runtime=job_minutes("transfer_fma"),
     params:
-        expect=lambda w: memo_params("transfer_expect", encoder_expectation),
-        extra=transfer_fma_args,
+        expect=canonical(encoder_expectation()),
+        extra=transfer_args,
         version=FMA_VERSION,
     shell:
         "$PYTHON -m pipeline.run transfer_fma --transfer {input.transfer:q} --velocity {input.velocity:q}"
@@ -77,8 +77,8 @@ rule transfer_probe:
     resources:
         runtime=job_minutes("transfer_probe"),
     params:
-        expect=lambda w: memo_params("transfer_expect", encoder_expectation),
-        extra=transfer_fma_args,
+        expect=canonical(encoder_expectation()),
+        extra=transfer_args,
         version=PROBE_VERSION,
     shell:
         "$PYTHON -m pipeline.run transfer_probe --weights {input.weights:q} --transfer {input.transfer:q}"

@@ -213,15 +213,9 @@ def _load_ours(state: dict[str, Any], path: str | os.PathLike) -> tuple[Velocity
     return net, cfg
 
 
-def load_velocity(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
+def _velocity_of(
+    state: Any, path: str | os.PathLike, device: str | torch.device
 ) -> tuple[VelocityNet, FMAConfig]:
-    """Read a checkpoint of ``save_velocity`` (or format 1): (net in eval mode on ``device``, its config).
-
-    Raises:
-        InputError: the file is missing or is not such a checkpoint (one line naming the file).
-    """
-    state = _read(path)
     if not _is_ours(state):
         hint = " (an official FMA state dict: use load_official)" if _is_official(state) else ""
         raise InputError(f"{path}: not an FMA velocity checkpoint of this pipeline{hint}")
@@ -234,6 +228,33 @@ def load_velocity(
     return net.to(device).eval(), cfg
 
 
+def load_velocity(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[VelocityNet, FMAConfig]:
+    """Read a checkpoint of ``save_velocity`` (or format 1): (net in eval mode on ``device``, its config).
+
+    Raises:
+        InputError: the file is missing or is not such a checkpoint (one line naming the file).
+    """
+    return _velocity_of(_read(path), path, device)
+
+
+def load_selected_velocity(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[VelocityNet, FMAConfig, int]:
+    """``load_velocity`` and the M its run chose on its validation split (read once).
+
+    Raises:
+        InputError: as ``load_velocity``, or a checkpoint that records no M.
+    """
+    state = _read(path)
+    net, cfg = _velocity_of(state, path, device)
+    m = state.get("selected_m")
+    if not isinstance(m, int) or isinstance(m, bool):
+        raise InputError(f"{path}: the checkpoint records no selected M (not written by train_fma?)")
+    return net, cfg, m
+
+
 def load_any_velocity(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[VelocityNet, FMAConfig | None]:
@@ -244,23 +265,10 @@ def load_any_velocity(
     """
     state = _read(path)
     if _is_ours(state):
-        return load_velocity(path, device)
+        return _velocity_of(state, path, device)
     if _is_official(state):
         return load_official(path, device), None
     raise InputError(
         f"{path}: neither an FMA checkpoint of this pipeline nor an official FMA state dict "
         "(expected a 'state_dict' entry or an 'input_proj.weight' tensor)"
     )
-
-
-def selected_m_of(path: str | os.PathLike) -> int:
-    """The M a checkpoint of ``save_velocity`` was chosen with on its run's validation split.
-
-    Raises:
-        InputError: the file is missing, unreadable, or records no M (one line naming it).
-    """
-    state = _read(path)
-    m = state.get("selected_m") if isinstance(state, dict) else None
-    if not isinstance(m, int) or isinstance(m, bool):
-        raise InputError(f"{path}: the checkpoint records no selected M (not written by train_fma?)")
-    return m

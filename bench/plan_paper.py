@@ -9,7 +9,11 @@ number of planned jobs per rule and the wall time of the dry run, best of --repe
 pipe). Snakemake formats every job for the listing either
 way, so the two take about the same time. Target: under 5 s on a 2-core machine.
 
-    python bench/plan_paper.py [--repeats 3] [--keep DIR]
+Then Snakemake's own floor: a null workflow (two rules with one wildcard, one input and one output,
+no params, resources, functions or logs) planned by the same Snakemake at the preset's job count and
+at a quarter and half of it, with the job count that would plan in 5 s on the line through them.
+
+    python bench/plan_paper.py [--repeats 3] [--keep DIR] [--no-floor]
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -70,10 +76,55 @@ def dry_run(workdir: Path, quiet: bool = True) -> tuple[float, dict[str, int]]:
     return seconds, job_stats(result.stdout + result.stderr)
 
 
+NULL_SNAKEFILE = """\
+rule all:
+    input: expand("b/{{i}}.txt", i=range({pairs}))
+rule a:
+    output: "a/{{i}}.txt"
+    shell: "echo {{wildcards.i}} > {{output}}"
+rule b:
+    input: "a/{{i}}.txt"
+    output: "b/{{i}}.txt"
+    shell: "cp {{input}} {{output}}"
+"""
+
+
+def null_dry_run(workdir: Path, n_jobs: int) -> tuple[float, int]:
+    """Wall time of `snakemake -n --quiet rules` on a null workflow of about ``n_jobs`` jobs."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    pairs = max(1, (n_jobs - 1) // 2)
+    (workdir / "Snakefile").write_text(NULL_SNAKEFILE.format(pairs=pairs))
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-n", "--quiet", "rules"]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"null dry run failed:\n{result.stderr[-3000:]}")
+    return seconds, job_stats(result.stdout + result.stderr)["total"]
+
+
+def floor(workdir: Path, n_jobs: int, repeats: int) -> None:
+    """Print Snakemake's planning time for null workflows of n/4, n/2 and n jobs (best of repeats)
+    and the job count that would plan in 5 s on the least-squares line through them."""
+    sizes, seconds = [], []
+    for fraction in (4, 2, 1):
+        best, jobs = min(
+            null_dry_run(workdir / f"null{fraction}", n_jobs // fraction) for _ in range(repeats)
+        )
+        sizes.append(jobs)
+        seconds.append(best)
+        print(f"  {jobs:6d} jobs: {best:.2f} s")
+    x, y = np.array(sizes, float), np.array(seconds)
+    slope, intercept = np.polyfit(x, y, 1)
+    most = (5 - intercept) / slope
+    print(f"  fit: {intercept:.2f} s + {1000 * slope:.2f} ms per job; 5 s at most ~{most:,.0f} jobs")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--keep", type=Path, help="build the scratch directory here and keep it")
+    p.add_argument("--no-floor", action="store_true", help="skip the null-workflow floor")
     args = p.parse_args()
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="plan_paper_"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +148,10 @@ def main() -> int:
         for label, runs in (("snakemake -n --quiet rules", times), ("snakemake -n (plain)", plain)):
             print(f"dry run ({label}, whole process): best {min(runs):.2f} s of {args.repeats}: "
                   + ", ".join(f"{t:.2f}" for t in runs))  # fmt: skip
+        if not args.no_floor:
+            print("\nSnakemake's floor: a null workflow (snakemake -n --quiet rules, whole process, best of "
+                  f"{args.repeats}):")  # fmt: skip
+            floor(workdir / "null", jobs["total"], args.repeats)
     finally:
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)

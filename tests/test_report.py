@@ -16,7 +16,7 @@ from pipeline.core.errors import InputError
 from pipeline.report.ablations import build_ablation, write_ablation_report
 from pipeline.report.records import Result, baseline_result, build_record, read_record, write_record
 from pipeline.report.render import Cell, Table, format_cell, html
-from pipeline.report.summary import long_table, summarize
+from pipeline.report.summary import long_table, shared_features_note, summarize
 from pipeline.report.tables import main_tables, plugplay_frame, write_fewshot_report
 
 GROUPS = {"difficult": ["hard"], "easy": ["easy"]}
@@ -104,6 +104,28 @@ def test_main_and_plugplay_tables(tmp_path: Path) -> None:
     assert fma == pytest.approx(np.mean([49 + s for s in (1, 2, 3)]))
     everything = frame[(frame.backbone == "coop") & (frame.shot == "all") & (frame.group == "D avg")]
     assert everything[everything.method == "fma"]["mean"].iloc[0] == pytest.approx(np.mean([48, 51]))
+
+
+def test_the_caption_names_backbones_whose_probe_is_another_ones() -> None:
+    """CoOp and CoCoOp keep zero-shot CLIP's image features: with zero-shot CLIP's probe row and none
+    of their own, the caption says whose row is theirs; a backbone with its own image features and no
+    probe row (CLIP-LoRA here), or no probe at all, gets no sentence."""
+    rows = [("zeroshot", "linear_probe", "Zero-shot CLIP + linear probe")]
+    rows += [(b, "backbone", b) for b in ("zeroshot", "coop", "cocoop", "clip_lora")]
+    frame = pd.DataFrame(rows, columns=["backbone", "method", "row"])
+    assert shared_features_note(frame) == (
+        "CoOp and CoCoOp keep Zero-shot CLIP's image features, so their linear probe is the "
+        "Zero-shot CLIP + linear probe row."
+    )
+    only_coop = frame[frame.backbone.isin(["zeroshot", "coop"])]
+    assert shared_features_note(only_coop).startswith(
+        "CoOp keeps Zero-shot CLIP's"
+    ) and "so its linear probe" in (shared_features_note(only_coop))
+    assert shared_features_note(frame[frame.method == "backbone"]) == ""  # no probe row at all
+    with_own = pd.concat(
+        [frame, pd.DataFrame([("coop", "linear_probe", "CoOp + linear probe")], columns=frame.columns)]
+    )
+    assert shared_features_note(with_own).startswith("CoCoOp keeps")  # CoOp has its own row
 
 
 def test_report_files(tmp_path: Path) -> None:

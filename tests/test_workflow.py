@@ -69,6 +69,15 @@ def test_full_run_plans_and_writes_every_backbone(finished_run: Path) -> None:
     for row in ("| Zero-shot CLIP |", "| CoOp + FMA |", "| CoCoOp |", "| CLIP-Adapter + linear probe |"):
         assert row in md, row
     assert "| CLIP-LoRA + FMA |" in md
+    # The probe sees image features only: one per set of them (CoOp and CoCoOp keep CLIP's).
+    assert "| CoOp + linear probe |" not in md and "| CoCoOp + linear probe |" not in md
+    assert "CoOp and CoCoOp keep Zero-shot CLIP's image features, so their linear probe" in md
+    assert sorted(p.name for p in (results / "probe").iterdir()) == [
+        "clip_adapter",
+        "clip_lora",
+        "mps_tuning",
+        "zeroshot",
+    ]
     assert "| Backbone | D avg | +FMA |" in (results / "tables" / "plugplay.md").read_text()
     assert (results / "tables" / "curves.png").stat().st_size > 1000
     features = results / "features"
@@ -140,9 +149,10 @@ def assert_accuracy_end_to_end(model, encoder, splits, accuracy: float) -> None:
 @pytest.fixture(scope="module")
 def protocols_run(finished_run: Path) -> Path:
     jobs = planned_jobs(snakemake(finished_run, "-n", "protocols", config=TINY))
-    # 6 backbones x 3 (source, target) pairs; the probe on the DG target only; new source runs on
-    # the base half and on demo_fashion (the DG source), whose 2-shot runs the grid lacks.
-    assert jobs["extract_transfer"] == jobs["transfer_fma"] == 18 and jobs["transfer_probe"] == 6, jobs
+    # 6 backbones x 3 (source, target) pairs; the probe on the DG target only, for the 4 distinct
+    # image encoders; new source runs on the base half and on demo_fashion (the DG source), whose
+    # 2-shot runs the grid lacks.
+    assert jobs["extract_transfer"] == jobs["transfer_fma"] == 18 and jobs["transfer_probe"] == 4, jobs
     assert jobs["train_fma"] == 12 and jobs["make_protocol_table"] == 3, jobs
     result = snakemake(finished_run, "protocols", config=TINY)
     assert result.returncode == 0, result.stderr[-5000:]
@@ -153,7 +163,9 @@ def test_protocols_write_their_tables_and_rerun_nothing(protocols_run: Path) -> 
     tables = protocols_run / TINY["results"] / "tables"
     b2n = (tables / "base_to_new.md").read_text()
     assert "## demo_digits, 2 shots" in b2n and "| Method | Base | New | H |" in b2n
-    probe_row = next(line for line in b2n.splitlines() if line.startswith("| CoOp + linear probe |"))
+    probe_row = next(
+        line for line in b2n.splitlines() if line.startswith("| Zero-shot CLIP + linear probe |")
+    )
     assert probe_row.endswith("| – | – |"), probe_row  # no probe on new classes
     cross = (tables / "cross_dataset.md").read_text()
     assert "| Method | Source: demo_digits | demo_fashion | Average |" in cross
@@ -355,8 +367,7 @@ def test_recipe_change_reruns_that_backbone_at_that_shot_only(finished_run: Path
     assert jobs == {
         "fit_backbone": 1,
         "extract_fewshot": 1,
-        "train_fma": 1,
-        "train_probe": 1,
+        "train_fma": 1,  # no probe: CoOp's image features are zero-shot CLIP's
         "make_tables": 1,
         "all": 1,
     }

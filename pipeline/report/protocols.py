@@ -23,7 +23,7 @@ from pipeline.core.errors import InputError
 from pipeline.data.protocols import base_to_new_summary, harmonic_mean
 from pipeline.report.records import BASELINE
 from pipeline.report.render import Cell, Table, html, latex, markdown, write_csv, write_text
-from pipeline.report.summary import backbone_label, group_labels, long_table, summarize
+from pipeline.report.summary import backbone_label, group_labels, long_table, shared_features_note, summarize
 
 PROTOCOLS = ("base_to_new", "cross_dataset", "domain_generalization")
 HEADINGS = {
@@ -215,7 +215,7 @@ def _caption(protocol: str, frame: pd.DataFrame) -> str:
         "FMA transports the target's test features with the velocity field trained on the source run, "
         "for the M chosen on the source's validation split. An empty cell: the method does not apply "
         "(a linear probe has no weights for classes it never saw)."
-    )
+    ) + (f" {note}" if (note := shared_features_note(frame)) else "")
     if protocol == "base_to_new":
         return (
             f"Base-to-new generalization: test accuracy (%), mean ± std over {n} (sample std, ddof=1), "

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.backbones.registry import BACKBONES
+from pipeline.backbones.registry import BACKBONES, image_source
 from pipeline.core.errors import InputError
 from pipeline.report.records import BASELINE, ROLES
 
@@ -54,6 +54,34 @@ def backbone_label(name: str) -> str:
 def row_label(backbone: str, label: str) -> str:
     """ "CoOp + FMA" for a result labelled "FMA"; the backbone alone for an empty label."""
     return f"{backbone_label(backbone)} + {label}" if label else backbone_label(backbone)
+
+
+def shared_features_note(frame: pd.DataFrame, method: str = "linear_probe") -> str:
+    """A caption sentence for the backbones without a row of ``method``, a method that sees image
+    features only (the linear probe), because it ran on the backbone whose image features they keep
+    (registry.image_source: CoOp's are zero-shot CLIP's). "" when no backbone is in that case.
+
+    ``frame`` has one row per result with columns ``backbone`` and ``method``.
+    """
+    have = set(frame.loc[frame["method"] == method, "backbone"])
+    shared: dict[str, list[str]] = {}
+    for name in dict.fromkeys(frame["backbone"]):
+        if name in have or name not in BACKBONES:
+            continue
+        source = image_source(name)
+        if source != name and source in have:
+            shared.setdefault(source, []).append(backbone_label(name))
+    label = frame.loc[frame["method"] == method, "row"].iloc[0].split(" + ", 1)[-1] if have else method
+    sentences = []
+    for source, names in shared.items():
+        who = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        keep = "keeps" if len(names) == 1 else "keep"
+        their = "its" if len(names) == 1 else "their"
+        sentences.append(
+            f"{who} {keep} {backbone_label(source)}'s image features, so {their} {label} is the "
+            f"{backbone_label(source)} + {label} row."
+        )
+    return " ".join(sentences)
 
 
 def long_table(records: Iterable[Mapping[str, Any]], variant: bool = False) -> pd.DataFrame:

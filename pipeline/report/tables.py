@@ -22,6 +22,7 @@ from pipeline.report.summary import (  # noqa: F401 (check_groups is re-exported
     check_groups,
     group_labels,
     long_table,
+    shared_features_note,
     summarize,
 )
 
@@ -132,7 +133,9 @@ def _caption(summary: pd.DataFrame, groups: Mapping[str, Sequence[str]]) -> str:
         "alone (the backbone's own prediction) or with the stage-2 method trained on its cached "
         "features. (M a/b/c) is the number of Euler steps chosen on the few-shot validation split, "
         "per seed. Averages are means of per-dataset means, with std over per-seed averages; † marks "
-        "an average over fewer datasets than others in its table." + (f" {group_text}." if group_text else "")
+        "an average over fewer datasets than others in its table."
+        + (f" {group_text}." if group_text else "")
+        + (f" {note}" if (note := shared_features_note(summary)) else "")
     )
 
 

@@ -155,6 +155,9 @@ TEST_PER_DATASET = [
 ]
 FROZEN_IMAGE = [b for b in NEEDED if SPECS[b].frozen_image_encoder]
 IMAGE_CHANGED = [b for b in NEEDED if not SPECS[b].frozen_image_encoder]
+# The linear probe sees image features only, so it runs once per distinct set of them: CoOp and
+# CoCoOp keep CLIP's image encoder, so their probe is zero-shot CLIP's (registry.image_source).
+PROBED = list(dict.fromkeys(image_source(b) for b in BACKBONES))
 
 
 wildcard_constraints:
@@ -421,20 +424,20 @@ def protocol_source_records(protocol):
     """The records of every source run of a protocol: FMA's and the linear probe's."""
     out = []
     for source in dict.fromkeys(s for s, _ in PROTOCOLS[protocol]):
-        for template in (FMA_JSON, PROBE_JSON):
-            out += runs(template, BACKBONES, [source], PROTOCOL_SHOTS[protocol])
+        out += runs(FMA_JSON, BACKBONES, [source], PROTOCOL_SHOTS[protocol])
+        out += runs(PROBE_JSON, PROBED, [source], PROTOCOL_SHOTS[protocol])
     return out
 
 
 def protocol_transfer_records(protocol):
     out = []
-    templates = [TRANSFER_JSON] + (
-        [TRANSFER_PROBE_JSON] if protocol in PROBE_PROTOCOLS else []
-    )
+    templates = [(TRANSFER_JSON, BACKBONES)]
+    if protocol in PROBE_PROTOCOLS:
+        templates.append((TRANSFER_PROBE_JSON, PROBED))
     for source, target in PROTOCOLS[protocol]:
-        for template in templates:
+        for template, backbones in templates:
             out += runs(
-                template, BACKBONES, [source], PROTOCOL_SHOTS[protocol], target=target
+                template, backbones, [source], PROTOCOL_SHOTS[protocol], target=target
             )
     return out
 
@@ -571,7 +574,7 @@ def job_minutes(rule):
 # file only when a target asks for it or a job that needs it must run anyway (a missing intermediate
 # file is ignored while its consumers look up to date), so a record deleted by a failed job would
 # otherwise leave stale tables behind it with "Nothing to be done". The ablation target likewise.
-TABLE_RECORDS = runs(FMA_JSON, BACKBONES) + runs(PROBE_JSON, BACKBONES)
+TABLE_RECORDS = runs(FMA_JSON, BACKBONES) + runs(PROBE_JSON, PROBED)
 TABLE_FILES = [
     f"{TABLES}/{name}.{ext}"
     for name in ("fewshot", "plugplay")

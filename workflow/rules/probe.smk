@@ -1,4 +1,5 @@
-# Stage 2: linear probe on the cached image features (CoOp's lpclip protocol, C searched on val).
+# Stage 2: linear probe on the cached image features (CoOp's lpclip protocol, C searched on val), once
+# per distinct set of image features (PROBED in common.smk: CoOp's and CoCoOp's probe is zero-shot CLIP's).
 
 
 rule train_probe:
@@ -10,6 +11,8 @@ rule train_probe:
         weights=PROBE_NPZ,
     log:
         log_path("train_probe"),
+    wildcard_constraints:
+        backbone=alternatives(PROBED),
     conda:
         "../../envs/pipeline.yaml"
     threads: 1

@@ -71,6 +71,7 @@ rule transfer_probe:
         log_path("transfer_probe", f"{RUN}/{{target}}"),
     wildcard_constraints:
         target=alternatives(PROBE_TARGETS),
+        backbone=alternatives(PROBED),
     conda:
         "../../envs/pipeline.yaml"
     threads: 1

@@ -13,28 +13,18 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
-from machine import machine_rows  # bench/machine.py: where figures were measured
+from machine import best_of, machine_rows  # bench/machine.py: where figures were measured, timing
 from tabulate import tabulate
 
 from pipeline.features.cache import load_test, write_test_cache
 
 ATTRS = {"backbone": "zeroshot", "dataset": "bench", "model": "m", "pretrained": "", "config": {}}
-
-
-def best_of(repeats: int, fn) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def plain_read(path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 
 import torch
 
@@ -33,3 +34,13 @@ def machine_rows(device: torch.device) -> list[tuple[str, str]]:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows.append(("load avg (1 min) at start", f"{load:.2f}"))
     return rows
+
+
+def best_of(repeats: int, fn) -> float:
+    """The shortest wall time, in seconds, of ``repeats`` calls of ``fn()``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)

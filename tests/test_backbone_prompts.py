@@ -10,7 +10,14 @@ from pipeline.backbones import recipes
 from pipeline.backbones.cocoop import CoCoOp
 from pipeline.backbones.coop import CoOp
 from pipeline.backbones.encoder import Encoder, encode_texts
-from pipeline.backbones.prompts import context_words, encode_token_embeddings, prompt_tokens, text_width
+from pipeline.backbones.prompts import (
+    context_words,
+    encode_text_tokens,
+    encode_token_embeddings,
+    pooled_length,
+    prompt_tokens,
+    text_width,
+)
 from pipeline.core.errors import InputError
 
 NAMES = ["zero", "one", "two", "seven"]
@@ -36,8 +43,30 @@ def test_text_tower_from_embeddings_is_encode_text(tiny_encoder: Encoder) -> Non
         ["a photo of a zero.", "X X X X seven.", "a much longer prompt than the others"]
     )
     got = encode_token_embeddings(model, model.token_embedding(tokens), tokens)
-    assert torch.equal(got, model.encode_text(tokens))
+    # The tower runs on the positions up to the last end-of-text token only (causal: the padding after
+    # it reaches nothing that is pooled), so the features agree with the full run to float rounding.
+    assert pooled_length(model, tokens) == int(tokens.argmax(dim=-1).max()) + 1 < tokens.shape[1]
+    torch.testing.assert_close(got, model.encode_text(tokens), rtol=0, atol=1e-5)
     assert text_width(model) == 128
+
+
+def test_the_cut_changes_nothing_a_prompt_reads(tiny_encoder: Encoder) -> None:
+    """Each prompt's feature is the same encoded alone or beside a longer one (another cut), and
+    changing the padding after the end-of-text token changes no feature (the positions are unread)."""
+    model = tiny_encoder.model
+    short, long = "a photo of a zero.", "a much longer prompt than the others, with more words in it"
+    both = tiny_encoder.tokenizer([short, long])
+    alone = tiny_encoder.tokenizer([short])
+    assert pooled_length(model, alone) < pooled_length(model, both)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            encode_text_tokens(model, both)[:1], encode_text_tokens(model, alone), rtol=0, atol=1e-5
+        )
+        padded = both.clone()
+        padded[0, pooled_length(model, alone) :] = 7  # junk after the short prompt's end
+        torch.testing.assert_close(
+            encode_text_tokens(model, padded)[0], encode_text_tokens(model, both)[0], rtol=0, atol=1e-5
+        )
 
 
 def test_embeddings_get_gradients(tiny_encoder: Encoder) -> None:

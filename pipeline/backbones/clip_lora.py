@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from pipeline.backbones import recipes
 from pipeline.backbones.base import Backbone
 from pipeline.backbones.encoder import Encoder
-from pipeline.backbones.prompts import TextCache
+from pipeline.backbones.prompts import TextCache, encode_text_tokens
 from pipeline.core.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -311,7 +311,7 @@ class CLIPLoRA(Backbone):
                 )
             tokens = encoder.tokenizer([template.format(c) for c in self.classnames]).to(encoder.device)
             self.forwards["text"] += len(self.classnames)
-            per_template.append(F.normalize(self.clip.encode_text(tokens).float(), dim=-1))  # (C, D)
+            per_template.append(F.normalize(encode_text_tokens(self.clip, tokens).float(), dim=-1))  # (C, D)
         return F.normalize(torch.stack(per_template).mean(dim=0), dim=-1)  # (C, D)
 
 

@@ -171,6 +171,8 @@ def encode_texts(encoder: Encoder, classnames: Sequence[str], templates: Sequenc
     With one template this is the plain CLIP zero-shot classifier; with several it is the prompt
     ensemble (mean of normalised text embeddings).
     """
+    from pipeline.backbones.prompts import encode_text_tokens  # prompts imports this module
+
     if not templates:
         raise InputError("config key 'templates': at least one prompt template is needed")
     per_template = []
@@ -181,7 +183,7 @@ def encode_texts(encoder: Encoder, classnames: Sequence[str], templates: Sequenc
             )
         tokens = encoder.tokenizer([template.format(c) for c in classnames]).to(encoder.device)
         with autocast(encoder.device):
-            feats = encoder.model.encode_text(tokens)
+            feats = encode_text_tokens(encoder.model, tokens)
         per_template.append(F.normalize(feats.float(), dim=-1))  # (C, D)
     text = torch.stack(per_template).mean(dim=0)  # (C, D)
     return F.normalize(text, dim=-1).cpu()

@@ -47,13 +47,37 @@ def text_width(model: nn.Module) -> int:
     return int(model.token_embedding.embedding_dim)
 
 
+def pooled_length(model: nn.Module, tokens: Tensor) -> int:
+    """How many leading positions of ``tokens`` (N, L) the text tower needs: up to the last pooled one.
+
+    CLIP's text transformer is causal (``attn_mask``) and pools one position per prompt, the
+    end-of-text token (``text_pool_type`` "argmax": the highest token id; "eos": ``text_eos_id``), so
+    the padding after it changes nothing that is pooled. Prompts are short (CoCoOp's ~10 of ViT-B/16's
+    77 positions), so cutting the padding off makes the tower several times cheaper
+    (bench/text_tower.py). Any other pooling, or no causal mask: all L positions.
+    """
+    length = int(tokens.shape[1])
+    pool = getattr(model, "text_pool_type", None)
+    if getattr(model, "attn_mask", None) is None or length == 0:
+        return length
+    if pool == "argmax":
+        ends = tokens.argmax(dim=-1)
+    elif pool == "eos" and getattr(model, "text_eos_id", None) is not None:
+        ends = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    else:
+        return length
+    return int(ends.max()) + 1
+
+
 def encode_token_embeddings(model: nn.Module, embeddings: Tensor, tokens: Tensor) -> Tensor:
     """Run the text tower from token embeddings: ``CLIP.encode_text`` after its lookup, with gradients.
 
     The steps are those of ``open_clip.model.CLIP.encode_text`` (open_clip 3.3): cast to the
     transformer's dtype, add the positional embedding, the causal transformer, ``ln_final``, pool
-    (``text_global_pool`` with the model's pool type: the end-of-text token for CLIP), project.
-    ``encode_token_embeddings(m, m.token_embedding(t), t)`` equals ``m.encode_text(t)``.
+    (``text_global_pool`` with the model's pool type: the end-of-text token for CLIP), project;
+    on the first ``pooled_length`` positions only, which gives the same features up to float
+    rounding (~1e-6). ``encode_token_embeddings(m, m.token_embedding(t), t)`` equals
+    ``m.encode_text(t)`` to that precision.
 
     Args:
         model: an open_clip ``CLIP`` (frozen; gradients flow to ``embeddings`` only).
@@ -63,17 +87,28 @@ def encode_token_embeddings(model: nn.Module, embeddings: Tensor, tokens: Tensor
     Returns:
         (N, D) unnormalised text features.
     """
+    n = pooled_length(model, tokens)
     cast_dtype = model.transformer.get_cast_dtype()
-    x = embeddings.to(cast_dtype)  # (N, L, W)
-    x = x + model.positional_embedding.to(cast_dtype)  # (N, L, W)
-    x = model.transformer(x, attn_mask=model.attn_mask)  # (N, L, W)
-    x = model.ln_final(x)  # (N, L, W)
+    x = embeddings[:, :n].to(cast_dtype)  # (N, n, W)
+    x = x + model.positional_embedding[:n].to(cast_dtype)  # (N, n, W)
+    mask = model.attn_mask[:n, :n] if model.attn_mask is not None else None
+    x = model.transformer(x, attn_mask=mask)  # (N, n, W)
+    x = model.ln_final(x)  # (N, n, W)
     eos = getattr(model, "text_eos_id", None)
-    x = text_global_pool(x, tokens.to(x.device), model.text_pool_type, eos_token_id=eos)  # (N, W)
+    x = text_global_pool(x, tokens[:, :n].to(x.device), model.text_pool_type, eos_token_id=eos)  # (N, W)
     projection = model.text_projection
     if projection is not None:
         x = projection(x) if isinstance(projection, nn.Linear) else x @ projection  # (N, D)
     return x
+
+
+def encode_text_tokens(model: nn.Module, tokens: Tensor) -> Tensor:
+    """``model.encode_text(tokens)``, unnormalised (N, D), through ``encode_token_embeddings`` (only the
+    positions up to the end-of-text token) when the model has CLIP's text tower; otherwise (a
+    CustomTextCLIP) its own ``encode_text``."""
+    if not all(hasattr(model, part) for part in TEXT_TOWER_PARTS):
+        return model.encode_text(tokens)
+    return encode_token_embeddings(model, model.token_embedding(tokens), tokens)
 
 
 def context_words(ctx_init: str, n_ctx: int, templates: Sequence[str]) -> tuple[str, str]:

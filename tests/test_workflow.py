@@ -476,11 +476,10 @@ def _one_error_line(log: str) -> str:
 
 
 def test_a_new_backbone_is_one_module_and_one_registry_line(tmp_path: Path) -> None:
-    """Copy the package, add a toy backbone (a module and a registry line, nothing under workflow/),
+    """Copy the checkout, add a toy backbone (a module and a registry line, nothing under workflow/),
     and the unchanged workflow plans its fit, extraction and stage-2 jobs."""
-    shutil.copytree(
-        REPO / "pipeline", tmp_path / "pkg" / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for part in ("pipeline", "workflow"):
+        shutil.copytree(REPO / part, tmp_path / "pkg" / part, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "pkg/pipeline/backbones/toy.py").write_text(
         '"""A toy prompt learner that reuses zero-shot CLIP\'s image features."""\n'
         "from pipeline.backbones.coop import CoOp\n\n\n"
@@ -494,13 +493,27 @@ def test_a_new_backbone_is_one_module_and_one_registry_line(tmp_path: Path) -> N
     line = f"    BackboneSpec({spec}),\n"
     registry.write_text(text.replace("_SPECS = (\n", "_SPECS = (\n" + line, 1))
     config = {**copy.deepcopy(TINY), "backbones": ["toy"], "ablations": {}, "backbone_ablations": {}}
-    env = {**os.environ, "PYTHONPATH": str(tmp_path / "pkg")}
-    result = snakemake(tmp_path, "-n", config=config, env=env)
+    result = snakemake(tmp_path, "-n", config=config, snakefile=tmp_path / "pkg/workflow/Snakefile")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = planned_jobs(result)
     assert jobs["fit_backbone"] == 2 and jobs["extract_fewshot"] == 4  # toy + the zero-shot caches it reuses
     assert jobs["extract_test"] == 1 and jobs["train_fma"] == 2 and jobs["train_probe"] == 2
     assert "Toy" not in (REPO / "pipeline/backbones/registry.py").read_text()
+
+
+def test_jobs_run_the_checkouts_own_package(tmp_path: Path) -> None:
+    """Another `pipeline` package ahead on PYTHONPATH (a second clone, an older install) is used
+    neither by the workflow nor by its jobs: the Snakefile runs the package beside it."""
+    decoy = tmp_path / "decoy" / "pipeline"
+    decoy.mkdir(parents=True)
+    (decoy / "__init__.py").write_text('raise ImportError("the decoy package was imported")\n')
+    env = {**os.environ, "PYTHONPATH": str(decoy.parent)}
+    split = f"{TINY['results']}/splits/demo_digits/1shot_seed1.json"
+    result = snakemake(tmp_path, split, config=TINY, env=env)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert json.loads((tmp_path / split).read_text())["train"]
+    logs = "".join(p.read_text() for p in (tmp_path / TINY["results"] / "logs").rglob("*.log"))
+    assert "decoy" not in logs
 
 
 def job_runtimes(result: subprocess.CompletedProcess) -> dict[str, set[int]]:

@@ -295,6 +295,9 @@ def start_server(log_file: str | os.PathLike, timeout: float = 120.0) -> Server 
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     # An NVML device count cannot initialise CUDA in the server, which would break it in the children.
     env = {**os.environ, "PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+    # The server runs this very package (the workflow's checkout), whatever else PYTHONPATH names.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.run", "--serve", str(path), "--parent", str(os.getpid())],

@@ -5,6 +5,11 @@ import shutil
 import sys
 from pathlib import Path
 
+# The pipeline package of this checkout, not whichever one pip installed last (another clone's, an
+# older release): the imports below, every job (shell.prefix below) and the fork server use it.
+REPO_ROOT = str(Path(workflow.basedir).parent)
+sys.path.insert(0, REPO_ROOT)
+
 from pipeline.backbones.registry import get_spec, image_source, resolved_recipe
 from pipeline.core.config import (
     canonical_json as canonical,
@@ -98,6 +103,10 @@ PYTHON = (
 )
 shell.prefix(
     f"set -euo pipefail; PYTHON={PYTHON}; "
+    # (Snakemake formats the prefix too: braces are doubled.)
+    + "export PYTHONPATH="
+    + shlex.quote(REPO_ROOT).replace("{", "{{").replace("}", "}}")
+    + '"${{PYTHONPATH:+:$PYTHONPATH}}"; '
 )  # the prefix replaces the default strict mode
 
 

@@ -23,7 +23,9 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 # The tiny config at one shot: every rule that runs on the cluster, every backbone, half the jobs
 # (each job starts Snakemake twice and Python once more on the node, 10-20 s on a busy machine).
 TINY = {**yaml.safe_load((REPO / ".test" / "config.yaml").read_text()), "shots": [1]}
-GPU_RULES = {"pretrain_demo_backbone", "fit_backbone", "extract_test", "extract_fewshot", "extract_run"}
+GPU_RULES = {
+    "pretrain_demo_backbone", "fit_backbone", "extract_test", "extract_fewshot", "extract_run", "train_fma_gpu",
+}  # fmt: skip
 
 pytestmark = pytest.mark.workflow
 
@@ -73,9 +75,10 @@ def test_jobs_land_on_their_partitions_with_their_gpus(slurm_run) -> None:
     rules = Counter(job["rule"] for job in jobs)
     assert set(rules) == {
         "build_demo_dataset", "sample_fewshot", "fit_backbone", "extract_test", "extract_fewshot",
-        "extract_run", "train_fma", "train_probe",
+        "extract_run", "train_fma", "train_fma_gpu", "train_probe",
     }, rules  # fmt: skip
-    assert rules["train_fma"] == 6 and rules["fit_backbone"] == 5  # make_tables and all run locally
+    # CoCoOp's FMA job runs the text encoder (train_fma_gpu); make_tables and all run locally
+    assert rules["train_fma"] == 5 and rules["train_fma_gpu"] == 1 and rules["fit_backbone"] == 5
     for job in jobs:
         assert job["JobState"] == "COMPLETED", job
         if job["rule"] in GPU_RULES:
@@ -104,7 +107,7 @@ def test_fma_change_submits_only_fma_jobs(slurm_run, slurm_cluster) -> None:
     before = set(slurm_cluster.jobs())
     result = on_slurm(workdir, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert Counter(job["rule"] for job in submitted(slurm_cluster, before)) == {"train_fma": 6}
+    assert Counter(job["rule"] for job in submitted(slurm_cluster, before)) == {"train_fma": 5, "train_fma_gpu": 1}
     assert "localrule make_tables:" in result.stderr  # the tables are rebuilt on the submitting machine
 
 

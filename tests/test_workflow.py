@@ -151,9 +151,10 @@ def protocols_run(finished_run: Path) -> Path:
     jobs = planned_jobs(snakemake(finished_run, "-n", "protocols", config=TINY))
     # 6 backbones x 3 (source, target) pairs; the probe on the DG target only, for the 4 distinct
     # image encoders; new source runs on the base half and on demo_fashion (the DG source), whose
-    # 2-shot runs the grid lacks.
-    assert jobs["extract_transfer"] == jobs["transfer_fma"] == 18 and jobs["transfer_probe"] == 4, jobs
-    assert jobs["train_fma"] == 12 and jobs["make_protocol_table"] == 3, jobs
+    # 2-shot runs the grid lacks. CoCoOp's FMA jobs run the text encoder: they are the *_gpu rules.
+    assert jobs["extract_transfer"] == 18 and jobs["transfer_probe"] == 4, jobs
+    assert jobs["transfer_fma"] == 15 and jobs["transfer_fma_gpu"] == 3, jobs
+    assert jobs["train_fma"] == 10 and jobs["train_fma_gpu"] == 2 and jobs["make_protocol_table"] == 3, jobs
     result = snakemake(finished_run, "protocols", config=TINY)
     assert result.returncode == 0, result.stderr[-5000:]
     return finished_run
@@ -354,7 +355,8 @@ def test_fma_change_plans_only_fma_and_tables(finished_run: Path) -> None:
     config = copy.deepcopy(TINY)
     config["fma"]["epochs"] = 5
     assert planned_jobs(snakemake(finished_run, "-n", config=config)) == {
-        "train_fma": 12,  # 6 backbones x 2 shots
+        "train_fma": 10,  # 6 backbones x 2 shots, CoCoOp's as train_fma_gpu
+        "train_fma_gpu": 2,
         "make_tables": 1,
         "all": 1,
     }
@@ -378,7 +380,7 @@ def test_extraction_change_reruns_extraction_but_not_the_test_cache(finished_run
     config["extraction"]["views"] = 2
     jobs = planned_jobs(snakemake(finished_run, "-n", config=config))
     assert "extract_test" not in jobs
-    assert jobs["extract_fewshot"] >= 2 and jobs["train_fma"] == 12
+    assert jobs["extract_fewshot"] >= 2 and jobs["train_fma"] + jobs["train_fma_gpu"] == 12
     config = copy.deepcopy(TINY)
     config["encoder"]["model"] = "ViT-S-32"
     jobs = planned_jobs(snakemake(finished_run, "-n", config=config))
@@ -388,7 +390,8 @@ def test_extraction_change_reruns_extraction_but_not_the_test_cache(finished_run
 
 def test_ablations_target_reuses_caches_and_writes_table(finished_run: Path) -> None:
     jobs = planned_jobs(snakemake(finished_run, "-n", "ablations", config=TINY))
-    assert jobs == {"train_fma_variant": 3, "make_ablation_table": 1, "ablations": 1}
+    # the online variant encodes images: a GPU job
+    assert jobs == {"train_fma_variant": 2, "train_fma_variant_gpu": 1, "make_ablation_table": 1, "ablations": 1}
     result = snakemake(finished_run, "ablations", config=TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     md = (finished_run / TINY["results"] / "tables/ablations.md").read_text()
@@ -527,11 +530,33 @@ def job_runtimes(result: subprocess.CompletedProcess) -> dict[str, set[int]]:
     return runtimes
 
 
+def test_the_slurm_profile_puts_every_encoder_job_on_a_gpu(tmp_path: Path) -> None:
+    """The rules that claim the `gpu` resource (every job that runs an encoder) are exactly the rules
+    the Slurm profile sends to the GPU partition with a GPU, and the profile names no other rule."""
+    result = snakemake(tmp_path, "-n", "all", "ablations", "protocols", "backbone_ablations", config=TINY)
+    listed: dict[str, bool] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout + result.stderr):
+        rule = re.match(r"(?:local)?rule (\w+):", block)
+        if rule:
+            found = re.search(r"resources: (.*)", block)
+            listed[rule.group(1)] = bool(found and re.search(r"\bgpu=", found.group(1)))
+    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
+    on_gpu = {
+        rule for rule, res in profile["set-resources"].items() if res.get("slurm_partition") == "gpu"
+    }
+    assert all(profile["set-resources"][rule].get("gpu") == 1 for rule in on_gpu)
+    claims = {rule for rule, gpu in listed.items() if gpu} | {"pretrain_demo_backbone"}  # no weights here
+    assert claims == on_gpu, (claims ^ on_gpu)
+    assert {"extract_transfer", "train_fma_gpu", "transfer_fma_gpu", "train_fma_variant_gpu"} <= claims
+    assert set(profile["set-threads"]) == on_gpu
+    assert set(profile["set-resources"]) <= set(listed) | {"pretrain_demo_backbone"}, set(listed)
+
+
 def test_every_job_has_a_time_limit_by_dataset(tmp_path: Path) -> None:
     """Minutes on the demo datasets, hours on a real one (its folder is faked: a dry run reads nothing)."""
     result = snakemake(tmp_path, "-n", "all", "ablations", config=TINY)
     demo = job_runtimes(result)
-    assert len(demo) == 11, demo  # every rule but pretrain_demo_backbone (no pretrained weights here)
+    assert len(demo) == 13, demo  # every rule but pretrain_demo_backbone (no pretrained weights here)
     assert all(-1 not in v and max(v) <= 60 for v in demo.values()), demo
     (tmp_path / "data/dtd").mkdir(parents=True)
     items = [[f"{c}/{i}.jpg", y, c] for y, c in enumerate(("banded", "woven")) for i in range(2)]

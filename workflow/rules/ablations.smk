@@ -15,6 +15,9 @@ rule train_fma_variant:
         checkpoint=VARIANT_PT,
     log:
         log_path("train_fma_variant", f"{RUN}/{{variant}}"),
+    wildcard_constraints:
+        backbone=alternatives(FEATURES_ONLY),
+        variant=alternatives(OFFLINE_VARIANTS),
     conda:
         "../../envs/pipeline.yaml"
     threads: 1
@@ -35,6 +38,23 @@ rule train_fma_variant:
         " --config {params.cfg:q} --expect {params.expect:q} {params.online}"
         " --device {resources.device} --workers {resources.io_workers} --threads {threads}"
         " --metrics {output.metrics:q} --checkpoint {output.checkpoint:q} > {log:q} 2>&1"
+
+
+# The variants that run an encoder: online views (a fresh augmented view of each training image per
+# epoch) or a backbone with per-image class texts. A job either rule could make is train_fma_variant's.
+use rule train_fma_variant as train_fma_variant_gpu with:
+    wildcard_constraints:
+        backbone=alternatives(NEEDED),
+        variant=r"[A-Za-z0-9_]+",
+    threads: STAGE1_THREADS
+    resources:
+        gpu=GPU_JOB,
+        device=RUNTIME_DEVICE,
+        io_workers=IO_WORKERS,
+        runtime=job_minutes("train_fma_variant_gpu"),
+
+
+ruleorder: train_fma_variant > train_fma_variant_gpu
 
 
 rule make_ablation_table:

@@ -164,6 +164,11 @@ TEST_PER_DATASET = [
 ]
 FROZEN_IMAGE = [b for b in NEEDED if SPECS[b].frozen_image_encoder]
 IMAGE_CHANGED = [b for b in NEEDED if not SPECS[b].frozen_image_encoder]
+# Stage-2 FMA jobs of a backbone whose class texts depend on the image (CoCoOp) run the text encoder
+# over every val and test image ((N_val + N_test) x C prompts, pipeline/backbones/forwards.py): they
+# are the *_gpu rules, placed like stage-1 jobs; every other FMA job reads features only.
+TEXT_PER_IMAGE = [b for b in NEEDED if SPECS[b].per_image_text]
+FEATURES_ONLY = [b for b in NEEDED if not SPECS[b].per_image_text]
 # The linear probe sees image features only, so it runs once per distinct set of them: CoOp and
 # CoCoOp keep CLIP's image encoder, so their probe is zero-shot CLIP's (registry.image_source).
 PROBED = list(dict.fromkeys(image_source(b) for b in BACKBONES))
@@ -482,6 +487,9 @@ def variant_is_online(variant):
     return bool(variant_fma_slice(variant).get("online"))
 
 
+OFFLINE_VARIANTS = [v for v in ABLATION_VARIANTS if not variant_is_online(v)]
+
+
 def online_args(w):
     """train_fma arguments for online views: the images and the extraction rule's encoder slice."""
     if not variant_is_online(w.variant):
@@ -551,7 +559,9 @@ JOB_MINUTES = {  # rule: (demo dataset, real dataset)
     "extract_fewshot": (30, 4 * 60),
     "extract_run": (30, 8 * 60),
     "train_fma": (30, 4 * 60),
+    "train_fma_gpu": (30, 8 * 60),
     "train_fma_variant": (60, 8 * 60),
+    "train_fma_variant_gpu": (60, 8 * 60),
     "train_probe": (15, 60),
     "make_tables": (15, 15),
     "make_ablation_table": (15, 15),
@@ -559,6 +569,7 @@ JOB_MINUTES = {  # rule: (demo dataset, real dataset)
     "make_backbone_ablation_table": (15, 15),
     "extract_transfer": (30, 8 * 60),
     "transfer_fma": (15, 60),
+    "transfer_fma_gpu": (15, 8 * 60),
     "transfer_probe": (15, 60),
     "make_protocol_table": (15, 15),
 }

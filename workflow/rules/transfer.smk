@@ -43,6 +43,8 @@ rule transfer_fma:
         TRANSFER_JSON,
     log:
         log_path("transfer_fma", f"{RUN}/{{target}}"),
+    wildcard_constraints:
+        backbone=alternatives(FEATURES_ONLY),
     conda:
         "../../envs/pipeline.yaml"
     threads: 1
@@ -59,6 +61,17 @@ rule transfer_fma:
         " --shot {wildcards.shot} --seed {wildcards.seed} --target {wildcards.target}"
         " --expect {params.expect:q} --device {resources.device} --threads {threads}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+# CoCoOp's class texts for the target's test images: the text encoder runs here (common.smk).
+use rule transfer_fma as transfer_fma_gpu with:
+    wildcard_constraints:
+        backbone=alternatives(TEXT_PER_IMAGE),
+    threads: STAGE1_THREADS
+    resources:
+        gpu=GPU_JOB,
+        device=RUNTIME_DEVICE,
+        runtime=job_minutes("transfer_fma_gpu"),
 
 
 rule transfer_probe:

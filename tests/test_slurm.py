@@ -24,7 +24,8 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 # (each job starts Snakemake twice and Python once more on the node, 10-20 s on a busy machine).
 TINY = {**yaml.safe_load((REPO / ".test" / "config.yaml").read_text()), "shots": [1]}
 GPU_RULES = {
-    "pretrain_demo_backbone", "fit_backbone", "extract_test", "extract_fewshot", "extract_run", "train_fma_gpu",
+    "pretrain_demo_backbone", "fit_backbone", "extract_test", "extract_fewshot", "extract_run",
+    "train_fma_gpu",
 }  # fmt: skip
 
 pytestmark = pytest.mark.workflow
@@ -107,7 +108,8 @@ def test_fma_change_submits_only_fma_jobs(slurm_run, slurm_cluster) -> None:
     before = set(slurm_cluster.jobs())
     result = on_slurm(workdir, config=config)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert Counter(job["rule"] for job in submitted(slurm_cluster, before)) == {"train_fma": 5, "train_fma_gpu": 1}
+    fma_jobs = Counter(job["rule"] for job in submitted(slurm_cluster, before))
+    assert fma_jobs == {"train_fma": 5, "train_fma_gpu": 1}
     assert "localrule make_tables:" in result.stderr  # the tables are rebuilt on the submitting machine
 
 

@@ -391,7 +391,9 @@ def test_extraction_change_reruns_extraction_but_not_the_test_cache(finished_run
 def test_ablations_target_reuses_caches_and_writes_table(finished_run: Path) -> None:
     jobs = planned_jobs(snakemake(finished_run, "-n", "ablations", config=TINY))
     # the online variant encodes images: a GPU job
-    assert jobs == {"train_fma_variant": 2, "train_fma_variant_gpu": 1, "make_ablation_table": 1, "ablations": 1}
+    assert jobs == {
+        "train_fma_variant": 2, "train_fma_variant_gpu": 1, "make_ablation_table": 1, "ablations": 1,
+    }  # fmt: skip
     result = snakemake(finished_run, "ablations", config=TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     md = (finished_run / TINY["results"] / "tables/ablations.md").read_text()
@@ -541,12 +543,10 @@ def test_the_slurm_profile_puts_every_encoder_job_on_a_gpu(tmp_path: Path) -> No
             found = re.search(r"resources: (.*)", block)
             listed[rule.group(1)] = bool(found and re.search(r"\bgpu=", found.group(1)))
     profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
-    on_gpu = {
-        rule for rule, res in profile["set-resources"].items() if res.get("slurm_partition") == "gpu"
-    }
+    on_gpu = {rule for rule, res in profile["set-resources"].items() if res.get("slurm_partition") == "gpu"}
     assert all(profile["set-resources"][rule].get("gpu") == 1 for rule in on_gpu)
     claims = {rule for rule, gpu in listed.items() if gpu} | {"pretrain_demo_backbone"}  # no weights here
-    assert claims == on_gpu, (claims ^ on_gpu)
+    assert claims == on_gpu, claims ^ on_gpu
     assert {"extract_transfer", "train_fma_gpu", "transfer_fma_gpu", "train_fma_variant_gpu"} <= claims
     assert set(profile["set-threads"]) == on_gpu
     assert set(profile["set-resources"]) <= set(listed) | {"pretrain_demo_backbone"}, set(listed)

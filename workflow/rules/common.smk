@@ -263,7 +263,10 @@ def encoder_expectation():
 
 def cache_expectation(backbone, dataset):
     """What stage 2 checks in a few-shot cache's attributes before trusting it."""
-    return {**encoder_expectation(), "templates": templates_for(config, backbone, dataset)}
+    return {
+        **encoder_expectation(),
+        "templates": templates_for(config, backbone, dataset),
+    }
 
 
 def extract_slice(backbone, dataset):

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.machine import best_of, cpu_model  # noqa: E402
 from pipeline.backbones.encoder import load_encoder  # noqa: E402
-from pipeline.backbones.prompts import encode_token_embeddings, pooled_length  # noqa: E402
+from pipeline.backbones.prompts import encode_text_tokens, pooled_length  # noqa: E402
 from pipeline.core.config import EncoderConfig  # noqa: E402
 
 # Class names of the lengths real datasets have (Food-101, Stanford Cars, FGVC Aircraft, Caltech).
@@ -37,16 +37,6 @@ PROMPTS = {  # what precedes the class name
     "CoCoOp, 4 context slots": " ".join(["X"] * 4),
     "CoOp, 16 context slots": " ".join(["X"] * 16),
 }
-
-
-def full_tower(model: torch.nn.Module, embeddings: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """The tower on every position of the context, as open_clip's CLIP.encode_text runs it."""
-    from open_clip.transformer import text_global_pool
-
-    x = embeddings + model.positional_embedding
-    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
-    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
-    return x @ model.text_projection
 
 
 def best_seconds(fn, repeats: int) -> float:
@@ -71,12 +61,11 @@ def main() -> int:
         print(f"\n{arch} (context {context}), {args.classes} prompts per pass, best of {args.repeats}:")
         for label, prefix in PROMPTS.items():
             tokens = encoder.tokenizer([f"{prefix} {name}." for name in names])
-            with torch.no_grad():
-                emb = model.token_embedding(tokens)
-                full = full_tower(model, emb, tokens)
-                cut = encode_token_embeddings(model, emb, tokens)
-                t_full = best_seconds(lambda: full_tower(model, emb, tokens), args.repeats)  # noqa: B023
-                t_cut = best_seconds(lambda: encode_token_embeddings(model, emb, tokens), args.repeats)  # noqa: B023
+            with torch.no_grad():  # the full context (open_clip's CLIP.encode_text) against the cut
+                full = model.encode_text(tokens)
+                cut = encode_text_tokens(model, tokens)
+                t_full = best_seconds(lambda: model.encode_text(tokens), args.repeats)  # noqa: B023
+                t_cut = best_seconds(lambda: encode_text_tokens(model, tokens), args.repeats)  # noqa: B023
             diff = (full - cut).abs().max().item()
             print(
                 f"  {label:26s} {pooled_length(model, tokens):3d} of {context} positions: "

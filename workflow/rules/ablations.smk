@@ -45,7 +45,7 @@ rule train_fma_variant:
 use rule train_fma_variant as train_fma_variant_gpu with:
     wildcard_constraints:
         backbone=alternatives(NEEDED),
-        variant=r"[A-Za-z0-9_]+",
+        variant=VARIANT_NAME,
     threads: STAGE1_THREADS
     resources:
         gpu=GPU_JOB,

@@ -172,6 +172,7 @@ FEATURES_ONLY = [b for b in NEEDED if not SPECS[b].per_image_text]
 # The linear probe sees image features only, so it runs once per distinct set of them: CoOp and
 # CoCoOp keep CLIP's image encoder, so their probe is zero-shot CLIP's (registry.image_source).
 PROBED = list(dict.fromkeys(image_source(b) for b in BACKBONES))
+VARIANT_NAME = r"[A-Za-z0-9_]+"  # an ablation variant's name in paths
 
 
 wildcard_constraints:
@@ -180,7 +181,7 @@ wildcard_constraints:
     backbone=alternatives(NEEDED),
     shot=r"\d+",
     seed=r"\d+",
-    variant=r"[A-Za-z0-9_]+",
+    variant=VARIANT_NAME,
 
 
 # ---------------------------------------------------------------- paths (each template once)

@@ -1,7 +1,8 @@
 """The tiny workflow (.test/config.yaml) through the cluster profile on a real single-node Slurm:
 partitions and GPUs per rule, GPU jobs side by side, jobs that find Python with none on PATH, a
-failing job's Slurm state, no-op rerun, the scope of an FMA change. Skipped where the Slurm
-packages are missing (.ci/install-slurm.sh)."""
+failing job's Slurm state, no-op rerun, the scope of an FMA change; with PIPELINE_SLURM_LONG=1 also
+the transfer protocols and the ablations. Skipped where the Slurm packages are missing
+(.ci/install-slurm.sh)."""
 
 from __future__ import annotations
 
@@ -25,13 +26,19 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 TINY = {**yaml.safe_load((REPO / ".test" / "config.yaml").read_text()), "shots": [1]}
 GPU_RULES = {
     "pretrain_demo_backbone", "fit_backbone", "extract_test", "extract_fewshot", "extract_run",
-    "train_fma_gpu",
+    "train_fma_gpu", "extract_transfer", "transfer_fma_gpu", "train_fma_variant_gpu",
+    "fit_backbone_variant",
 }  # fmt: skip
+# The transfer protocols and the ablations on the cluster take ~15 min here, more than CI has room
+# for: run with PIPELINE_SLURM_LONG=1 (README, "Slurm").
+LONG = pytest.mark.skipif(
+    not os.environ.get("PIPELINE_SLURM_LONG"), reason="set PIPELINE_SLURM_LONG=1 to run (~15 min)"
+)
 
 pytestmark = pytest.mark.workflow
 
 
-def on_slurm(workdir: Path, *args: str, config: dict) -> subprocess.CompletedProcess:
+def on_slurm(workdir: Path, *args: str, config: dict, timeout: int = 600) -> subprocess.CompletedProcess:
     """The README's cluster command, `snakemake --workflow-profile workflow/profiles/slurm`, in
     ``workdir`` with ``config`` as its config.yaml."""
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -42,7 +49,18 @@ def on_slurm(workdir: Path, *args: str, config: dict) -> subprocess.CompletedPro
     path = [d for d in os.environ["PATH"].split(os.pathsep) if d and not shutil.which("python", path=d)]
     env = {**os.environ, "PATH": os.pathsep.join(path)}
     # The timeout stops a run that waits for a status answer that never comes.
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=600, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, timeout=timeout, env=env)
+
+
+def check_placement(jobs: list[dict[str, str]]) -> None:
+    """Every job completed; a GPU rule's on `gpu` with one GPU and 4 CPUs, any other on `cpu`."""
+    for job in jobs:
+        assert job["JobState"] == "COMPLETED", job
+        if job["rule"] in GPU_RULES:
+            assert (job["Partition"], job.get("TresPerJob")) == ("gpu", "gres:gpu:1"), job
+            assert job["NumCPUs"] == "4", job
+        else:
+            assert (job["Partition"], job.get("TresPerJob")) == ("cpu", None), job
 
 
 def submitted(cluster, before: set[str]) -> list[dict[str, str]]:
@@ -80,13 +98,7 @@ def test_jobs_land_on_their_partitions_with_their_gpus(slurm_run) -> None:
     }, rules  # fmt: skip
     # CoCoOp's FMA job runs the text encoder (train_fma_gpu); make_tables and all run locally
     assert rules["train_fma"] == 5 and rules["train_fma_gpu"] == 1 and rules["fit_backbone"] == 5
-    for job in jobs:
-        assert job["JobState"] == "COMPLETED", job
-        if job["rule"] in GPU_RULES:
-            assert (job["Partition"], job.get("TresPerJob")) == ("gpu", "gres:gpu:1"), job
-            assert job["NumCPUs"] == "4", job
-        else:
-            assert (job["Partition"], job.get("TresPerJob")) == ("cpu", None), job
+    check_placement(jobs)
     # No cap from the local profile: GPU jobs ran side by side on the two GPUs.
     gpu_jobs = [job for job in jobs if job["rule"] in GPU_RULES]
     assert any(overlap(a, b) for i, a in enumerate(gpu_jobs) for b in gpu_jobs[i + 1 :])
@@ -124,3 +136,36 @@ def test_failing_job_fails_the_run_with_its_slurm_state(slurm_run, slurm_cluster
     assert result.returncode != 0
     assert "SLURM status is: 'FAILED'" in result.stderr, result.stderr[-3000:]
     assert "Error in rule train_probe" in result.stderr and str(cache.name) in result.stderr
+
+
+@LONG
+def test_protocols_and_ablations_run_on_their_partitions(slurm_cluster, tmp_path: Path) -> None:
+    """Every transfer and ablation rule through the profile; the protocol tables equal a local run's."""
+    targets = ("protocols", "ablations", "backbone_ablations")
+    (tmp_path / "slurm").mkdir()
+    before = set(slurm_cluster.jobs())
+    result = on_slurm(tmp_path / "slurm", *targets, config=TINY, timeout=3000)
+    assert result.returncode == 0, result.stderr[-5000:]
+    jobs = submitted(slurm_cluster, before)
+    rules = Counter(job["rule"] for job in jobs)
+    assert {
+        "extract_transfer", "transfer_fma", "transfer_fma_gpu", "transfer_probe", "train_fma_variant",
+        "train_fma_variant_gpu", "fit_backbone_variant",
+    } <= set(rules), rules  # fmt: skip
+    check_placement(jobs)
+    before = set(slurm_cluster.jobs())
+    rerun = on_slurm(tmp_path / "slurm", *targets, config=TINY)
+    assert rerun.returncode == 0 and "Nothing to be done" in rerun.stderr, rerun.stderr[-3000:]
+    assert submitted(slurm_cluster, before) == []
+    # The same config run locally gives the same protocol tables (the ablation tables also hold
+    # training times, which differ).
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "config.yaml").write_text(yaml.safe_dump(TINY))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(local)]
+    result = subprocess.run([*cmd, *targets, "--cores", "2"], capture_output=True, text=True, cwd=local)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for protocol in ("base_to_new", "cross_dataset", "domain_generalization"):
+        for ext in ("md", "csv", "tex"):
+            name = f"{TINY['results']}/tables/{protocol}.{ext}"
+            assert (tmp_path / "slurm" / name).read_bytes() == (local / name).read_bytes(), name

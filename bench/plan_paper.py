@@ -4,14 +4,16 @@ The paper preset (`--config preset=paper`) is ViT-B/16 on the 11 datasets, shots
 seeds 1-3, six backbones and the three transfer protocols. This script lays the 11 datasets and
 ImageNet's four test-only variants out in their exact folder layouts with tiny images
 (tests/fixtures_datasets.py), runs `snakemake -n` on them from a scratch directory and prints the
-number of planned jobs per rule and the wall time of the dry run, best of --repeats, twice: with
-`--quiet rules` (the summary only) and as a plain `snakemake -n` (every job listed, read from a
-pipe). Snakemake formats every job for the listing either
-way, so the two take about the same time. Target: under 5 s on a 2-core machine.
+number of planned jobs per rule and the wall time of the dry run, best of --repeats, three ways:
+with `--quiet rules` (the summary only), as a plain `snakemake -n` (every job listed, read from a
+pipe), and with `--quiet` (no listing and no summary: the DAG is built and nothing is printed).
+Snakemake formats every job for the listing in the first two, so they take about the same time; the
+third is the planning alone. Target: under 5 s on a 2-core machine.
 
 Then Snakemake's own floor: a null workflow (two rules with one wildcard, one input and one output,
 no params, resources, functions or logs) planned by the same Snakemake at the preset's job count and
-at a quarter and half of it, with the job count that would plan in 5 s on the line through them.
+at a quarter and half of it, with the job count that would plan in 5 s on the line through them;
+and the null workflow at the preset's job count with `--quiet`.
 
     python bench/plan_paper.py [--repeats 3] [--keep DIR] [--no-floor]
 """
@@ -64,16 +66,20 @@ def snakemake_version() -> str:
     return version("snakemake")
 
 
-def dry_run(workdir: Path, quiet: bool = True) -> tuple[float, dict[str, int]]:
+QUIET = {"rules": ["--quiet", "rules"], "plain": [], "all": ["--quiet"]}
+
+
+def dry_run(workdir: Path, quiet: str = "rules") -> tuple[float, dict[str, int]]:
+    """Wall time of the paper preset's dry run and its job counts (none with ``quiet="all"``)."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "workflow" / "Snakefile")]
-    cmd += ["--directory", str(workdir), "--cores", "2", "-n"] + (["--quiet", "rules"] if quiet else [])
+    cmd += ["--directory", str(workdir), "--cores", "2", "-n", *QUIET[quiet]]
     cmd += ["--config", "preset=paper", f"data_root={workdir / 'data'}", f"results={workdir / 'results'}"]
     start = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"dry run failed:\n{result.stderr[-3000:]}")
-    return seconds, job_stats(result.stdout + result.stderr)
+    return seconds, ({} if quiet == "all" else job_stats(result.stdout + result.stderr))
 
 
 NULL_SNAKEFILE = """\
@@ -89,18 +95,19 @@ rule b:
 """
 
 
-def null_dry_run(workdir: Path, n_jobs: int) -> tuple[float, int]:
-    """Wall time of `snakemake -n --quiet rules` on a null workflow of about ``n_jobs`` jobs."""
+def null_dry_run(workdir: Path, n_jobs: int, quiet: str = "rules") -> tuple[float, int]:
+    """Wall time of `snakemake -n --quiet rules` (or `--quiet`: ``quiet="all"``, then no job count)
+    on a null workflow of about ``n_jobs`` jobs."""
     workdir.mkdir(parents=True, exist_ok=True)
     pairs = max(1, (n_jobs - 1) // 2)
     (workdir / "Snakefile").write_text(NULL_SNAKEFILE.format(pairs=pairs))
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-n", "--quiet", "rules"]
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-n", *QUIET[quiet]]
     start = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"null dry run failed:\n{result.stderr[-3000:]}")
-    return seconds, job_stats(result.stdout + result.stderr)["total"]
+    return seconds, (2 * pairs + 1 if quiet == "all" else job_stats(result.stdout + result.stderr)["total"])
 
 
 def floor(workdir: Path, n_jobs: int, repeats: int) -> None:
@@ -118,6 +125,8 @@ def floor(workdir: Path, n_jobs: int, repeats: int) -> None:
     slope, intercept = np.polyfit(x, y, 1)
     most = (5 - intercept) / slope
     print(f"  fit: {intercept:.2f} s + {1000 * slope:.2f} ms per job; 5 s at most ~{most:,.0f} jobs")
+    runs = [null_dry_run(workdir / "null1", n_jobs, quiet="all") for _ in range(repeats)]
+    print(f"  {runs[0][1]:6d} jobs, --quiet (planning only): best {min(t for t, _ in runs):.2f} s")
 
 
 def main() -> int:
@@ -133,19 +142,21 @@ def main() -> int:
         make_root(workdir / "data", PAPER_DATASETS)
         print(f"cpu: {cpu_model()} ({os.cpu_count()} cores), load average {os.getloadavg()[0]:.2f} at start")
         print(f"snakemake {snakemake_version()}, python {sys.version.split()[0]}")
-        times, plain = [], []
-        for _ in range(args.repeats):  # alternated, so that both see the same machine load
+        times, plain, planning = [], [], []
+        for _ in range(args.repeats):  # alternated, so that all three see the same machine load
             seconds, jobs = dry_run(workdir)
             times.append(seconds)
-            seconds, plain_jobs = dry_run(workdir, quiet=False)
+            seconds, plain_jobs = dry_run(workdir, quiet="plain")
             plain.append(seconds)
             assert plain_jobs == jobs, (plain_jobs, jobs)
+            planning.append(dry_run(workdir, quiet="all")[0])
         where = "fixture data root with the 11 datasets and the 4 ImageNet variants"
         print(f"\npaper preset, {where}: {jobs.get('total', 0)} jobs planned")
         for rule, count in sorted(jobs.items(), key=lambda kv: -kv[1]):
             if rule != "total":
                 print(f"  {rule:28s} {count:6d}")
-        for label, runs in (("snakemake -n --quiet rules", times), ("snakemake -n (plain)", plain)):
+        labels = ("snakemake -n --quiet rules", "snakemake -n (plain)", "snakemake -n --quiet (no listing)")
+        for label, runs in zip(labels, (times, plain, planning), strict=True):
             print(f"dry run ({label}, whole process): best {min(runs):.2f} s of {args.repeats}: "
                   + ", ".join(f"{t:.2f}" for t in runs))  # fmt: skip
         if not args.no_floor:

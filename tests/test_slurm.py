@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_workflow import snakemake as run_locally
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "workflow" / "Snakefile"
@@ -24,11 +25,12 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 # The tiny config at one shot: every rule that runs on the cluster, every backbone, half the jobs
 # (each job starts Snakemake twice and Python once more on the node, 10-20 s on a busy machine).
 TINY = {**yaml.safe_load((REPO / ".test" / "config.yaml").read_text()), "shots": [1]}
+# The profile's GPU rules (tests/test_workflow.py checks them against the rules holding a `gpu` resource).
 GPU_RULES = {
-    "pretrain_demo_backbone", "fit_backbone", "extract_test", "extract_fewshot", "extract_run",
-    "train_fma_gpu", "extract_transfer", "transfer_fma_gpu", "train_fma_variant_gpu",
-    "fit_backbone_variant",
-}  # fmt: skip
+    rule
+    for rule, res in yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"].items()
+    if res.get("slurm_partition") == "gpu"
+}
 # The transfer protocols and the ablations on the cluster take ~15 min here, more than CI has room
 # for: run with PIPELINE_SLURM_LONG=1 (README, "Slurm").
 LONG = pytest.mark.skipif(
@@ -161,9 +163,7 @@ def test_protocols_and_ablations_run_on_their_partitions(slurm_cluster, tmp_path
     # training times, which differ).
     local = tmp_path / "local"
     local.mkdir()
-    (local / "config.yaml").write_text(yaml.safe_dump(TINY))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(local)]
-    result = subprocess.run([*cmd, *targets, "--cores", "2"], capture_output=True, text=True, cwd=local)
+    result = run_locally(local, *targets, config=TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     for protocol in ("base_to_new", "cross_dataset", "domain_generalization"):
         for ext in ("md", "csv", "tex"):

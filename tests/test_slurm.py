@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_workflow import slurm_gpu_rules
 from test_workflow import snakemake as run_locally
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,11 +27,7 @@ PROFILE = REPO / "workflow" / "profiles" / "slurm"
 # (each job starts Snakemake twice and Python once more on the node, 10-20 s on a busy machine).
 TINY = {**yaml.safe_load((REPO / ".test" / "config.yaml").read_text()), "shots": [1]}
 # The profile's GPU rules (tests/test_workflow.py checks them against the rules holding a `gpu` resource).
-GPU_RULES = {
-    rule
-    for rule, res in yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"].items()
-    if res.get("slurm_partition") == "gpu"
-}
+GPU_RULES = slurm_gpu_rules()
 # The transfer protocols and the ablations on the cluster take ~15 min here, more than CI has room
 # for: run with PIPELINE_SLURM_LONG=1 (README, "Slurm").
 LONG = pytest.mark.skipif(

@@ -532,6 +532,15 @@ def job_runtimes(result: subprocess.CompletedProcess) -> dict[str, set[int]]:
     return runtimes
 
 
+SLURM_PROFILE = REPO / "workflow/profiles/slurm/config.yaml"
+
+
+def slurm_gpu_rules() -> set[str]:
+    """The rules the Slurm profile sends to the GPU partition."""
+    resources = yaml.safe_load(SLURM_PROFILE.read_text())["set-resources"]
+    return {rule for rule, res in resources.items() if res.get("slurm_partition") == "gpu"}
+
+
 def test_the_slurm_profile_puts_every_encoder_job_on_a_gpu(tmp_path: Path) -> None:
     """The rules that claim the `gpu` resource (every job that runs an encoder) are exactly the rules
     the Slurm profile sends to the GPU partition with a GPU, and the profile names no other rule."""
@@ -542,8 +551,8 @@ def test_the_slurm_profile_puts_every_encoder_job_on_a_gpu(tmp_path: Path) -> No
         if rule:
             found = re.search(r"resources: (.*)", block)
             listed[rule.group(1)] = bool(found and re.search(r"\bgpu=", found.group(1)))
-    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
-    on_gpu = {rule for rule, res in profile["set-resources"].items() if res.get("slurm_partition") == "gpu"}
+    profile = yaml.safe_load(SLURM_PROFILE.read_text())
+    on_gpu = slurm_gpu_rules()
     assert all(profile["set-resources"][rule].get("gpu") == 1 for rule in on_gpu)
     claims = {rule for rule, gpu in listed.items() if gpu} | {"pretrain_demo_backbone"}  # no weights here
     assert claims == on_gpu, claims ^ on_gpu
